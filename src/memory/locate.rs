@@ -1,0 +1,404 @@
+//! Finds the memory of the container next to us (DESIGN §2).
+//!
+//! A [`LocateInput`] (from the configuration) enters; a [`MemorySource`]
+//! leaves, with the winning [`Strategy`] and a sentence saying why each
+//! earlier strategy was passed over. Strategies, in order:
+//!
+//! 1. `OOMSNAP_CGROUP`, an explicit directory; if it is set and unusable that
+//!    is an error, never a silent fall-through.
+//! 2. The target process (by `OOMSNAP_TARGET_PROCESS` or the port of
+//!    `OOMSNAP_TARGET`), then its cgroup through `/proc/<pid>/root/sys/fs/cgroup`
+//!    or `/proc/<pid>/cgroup` under the cgroupfs root.
+//! 3. The pod's cgroup from `POD_UID`, systemd and cgroupfs layouts.
+//! 4. This process's own cgroup.
+//! 5. The target's RSS against `OOMSNAP_MEMORY_LIMIT`.
+//!
+//! A cgroup without a limit is passed over (unless `OOMSNAP_MEMORY_LIMIT`
+//! fills in), so an unlimited cgroup never silently "never triggers".
+
+use std::path::{Path, PathBuf};
+
+use super::cgroup::{self, CgroupReader};
+use super::proc::{self, CgroupPaths, ProcessId};
+use super::{MemorySource, SourceKind};
+
+/// How the source was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Explicit,
+    TargetProcess,
+    PodUid,
+    OwnCgroup,
+    ProcessRss,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Explicit => "explicit",
+            Strategy::TargetProcess => "target-process",
+            Strategy::PodUid => "pod-uid",
+            Strategy::OwnCgroup => "own-cgroup",
+            Strategy::ProcessRss => "process-rss",
+        }
+    }
+}
+
+/// What locating needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct LocateInput {
+    pub cgroup: Option<PathBuf>,
+    pub cgroup_root: PathBuf,
+    pub target_port: Option<u16>,
+    pub target_process: Option<String>,
+    pub memory_limit: Option<u64>,
+    pub pod_uid: Option<String>,
+    /// Skip strategies that read this process's own cgroup (tests).
+    pub skip_own: bool,
+}
+
+impl LocateInput {
+    pub fn from_config(c: &crate::config::Config) -> LocateInput {
+        LocateInput {
+            cgroup: c.cgroup.clone(),
+            cgroup_root: c.cgroup_root.clone(),
+            target_port: Some(c.target_port),
+            target_process: c.target_process.clone(),
+            memory_limit: c.memory_limit,
+            pod_uid: c.identity.pod_uid.clone(),
+            skip_own: false,
+        }
+    }
+}
+
+/// Nothing usable was found; the message lists every strategy's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("OOMSNAP_CGROUP={dir} cannot be watched: {why}")]
+    Explicit { dir: PathBuf, why: String },
+    #[error("no memory source was found:\n{0}")]
+    NotFound(String),
+    #[error("memory was found but no limit is known ({found}); set OOMSNAP_MEMORY_LIMIT (in Kubernetes, from the app container's limits.memory through resourceFieldRef):\n{tried}")]
+    NoLimit { found: String, tried: String },
+}
+
+struct Tried {
+    lines: Vec<String>,
+    unlimited: Option<String>,
+}
+
+impl Tried {
+    fn note(&mut self, s: Strategy, why: impl std::fmt::Display) {
+        self.lines.push(format!("  - {}: {why}", s.name()));
+    }
+    fn summary(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// Checks that `dir` is a memory cgroup with a limit (or a fallback).
+fn usable(dir: &Path, fallback: Option<u64>) -> Result<cgroup::Version, String> {
+    let version = cgroup::detect(dir).map_err(|e| e.to_string())?;
+    let mut r = CgroupReader::open(dir, fallback).map_err(|e| e.to_string())?;
+    let s = r.read().map_err(|e| e.to_string())?;
+    if s.limit.is_none() {
+        return Err(format!(
+            "{} has no memory limit and OOMSNAP_MEMORY_LIMIT is not set",
+            dir.display()
+        ));
+    }
+    Ok(version)
+}
+
+/// Joins a `/proc/<pid>/cgroup` path under a cgroupfs mount.
+fn under(base: &Path, paths: &CgroupPaths) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = &paths.v1_memory {
+        out.push(base.join("memory").join(p.trim_start_matches('/')));
+    }
+    if let Some(p) = &paths.unified {
+        out.push(base.join(p.trim_start_matches('/')));
+        out.push(base.join("unified").join(p.trim_start_matches('/')));
+    }
+    out
+}
+
+fn source(
+    dir: PathBuf,
+    version: cgroup::Version,
+    strategy: Strategy,
+    pid: Option<ProcessId>,
+    input: &LocateInput,
+    tried: &Tried,
+) -> MemorySource {
+    let how = if tried.lines.is_empty() {
+        format!("found by {}", strategy.name())
+    } else {
+        format!(
+            "found by {}; earlier strategies:\n{}",
+            strategy.name(),
+            tried.summary()
+        )
+    };
+    MemorySource {
+        kind: SourceKind::Cgroup { dir, version },
+        strategy,
+        how,
+        pid: pid.map(|p| p.pid),
+        pid_start: pid.map(|p| p.start),
+        fallback_limit: input.memory_limit,
+    }
+}
+
+/// The pod directories `POD_UID` may live in, for both cgroup drivers and
+/// every QoS class.
+pub fn pod_dirs(root: &Path, uid: &str) -> Vec<PathBuf> {
+    let us = uid.replace('-', "_");
+    let mut out = Vec::new();
+    for base in [root.to_path_buf(), root.join("memory")] {
+        out.push(base.join(format!("kubepods.slice/kubepods-pod{us}.slice")));
+        for qos in ["burstable", "besteffort"] {
+            out.push(base.join(format!(
+                "kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{us}.slice"
+            )));
+        }
+        out.push(base.join(format!("kubepods/pod{uid}")));
+        for qos in ["burstable", "besteffort"] {
+            out.push(base.join(format!("kubepods/{qos}/pod{uid}")));
+        }
+    }
+    out
+}
+
+/// Inside a pod directory, the container whose limit matches the configured
+/// one, when exactly one does; otherwise the pod itself.
+fn container_in_pod(pod: &Path, limit: Option<u64>) -> PathBuf {
+    let Some(want) = limit else {
+        return pod.to_path_buf();
+    };
+    let Ok(entries) = std::fs::read_dir(pod) else {
+        return pod.to_path_buf();
+    };
+    let matches: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            CgroupReader::open(p, None)
+                .and_then(|mut r| r.read_limit())
+                .ok()
+                .flatten()
+                == Some(want)
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => one.clone(),
+        _ => pod.to_path_buf(),
+    }
+}
+
+fn find_target(input: &LocateInput) -> Result<ProcessId, String> {
+    if let Some(name) = &input.target_process {
+        return proc::find_by_name(name).map_err(|e| e.to_string());
+    }
+    match input.target_port {
+        Some(port) => proc::find_by_port(port).map_err(|e| e.to_string()),
+        None => Err("no target port or process name is configured".into()),
+    }
+}
+
+/// Runs the strategies in order; the first usable source wins.
+pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
+    let mut tried = Tried {
+        lines: Vec::new(),
+        unlimited: None,
+    };
+    let fallback = input.memory_limit;
+
+    // 1. Explicit.
+    if let Some(dir) = &input.cgroup {
+        return match usable(dir, fallback) {
+            Ok(v) => Ok(source(dir.clone(), v, Strategy::Explicit, None, input, &tried)),
+            Err(why) => Err(LocateError::Explicit {
+                dir: dir.clone(),
+                why,
+            }),
+        };
+    }
+    tried.note(Strategy::Explicit, "OOMSNAP_CGROUP is not set");
+
+    // 2. The target process, then its cgroup.
+    let target = find_target(input);
+    match &target {
+        Err(why) => tried.note(Strategy::TargetProcess, why),
+        Ok(pid) => match proc::cgroup_paths(Some(pid.pid)) {
+            Err(e) => tried.note(Strategy::TargetProcess, e),
+            Ok(paths) => {
+                let mut candidates =
+                    under(&PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", pid.pid)), &paths);
+                candidates.extend(under(&input.cgroup_root, &paths));
+                let mut why = Vec::new();
+                for dir in candidates {
+                    match usable(&dir, fallback) {
+                        Ok(v) => {
+                            return Ok(source(
+                                dir,
+                                v,
+                                Strategy::TargetProcess,
+                                Some(*pid),
+                                input,
+                                &tried,
+                            ))
+                        }
+                        Err(e) => {
+                            if e.contains("no memory limit") {
+                                tried.unlimited.get_or_insert(e.clone());
+                            }
+                            why.push(e)
+                        }
+                    }
+                }
+                tried.note(
+                    Strategy::TargetProcess,
+                    format!("pid {} found, but its cgroup is not usable: {}", pid.pid, why.join("; ")),
+                );
+            }
+        },
+    }
+
+    // 3. Pod level.
+    match &input.pod_uid {
+        None => tried.note(Strategy::PodUid, "POD_UID is not set"),
+        Some(uid) => {
+            let found = pod_dirs(&input.cgroup_root, uid)
+                .into_iter()
+                .find(|d| cgroup::detect(d).is_ok());
+            match found {
+                None => tried.note(
+                    Strategy::PodUid,
+                    format!(
+                        "no pod cgroup for POD_UID={uid} under {} (is the node's cgroupfs mounted there?)",
+                        input.cgroup_root.display()
+                    ),
+                ),
+                Some(pod) => {
+                    let dir = container_in_pod(&pod, fallback);
+                    match usable(&dir, fallback) {
+                        Ok(v) => {
+                            let pid = target.as_ref().ok().copied();
+                            return Ok(source(dir, v, Strategy::PodUid, pid, input, &tried));
+                        }
+                        Err(e) => {
+                            if e.contains("no memory limit") {
+                                tried.unlimited.get_or_insert(e.clone());
+                            }
+                            tried.note(Strategy::PodUid, e)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. Our own cgroup.
+    if input.skip_own {
+        tried.note(Strategy::OwnCgroup, "skipped");
+    } else {
+        match proc::cgroup_paths(None) {
+            Err(e) => tried.note(Strategy::OwnCgroup, e),
+            Ok(paths) => {
+                let mut why = Vec::new();
+                let mut found = None;
+                for dir in under(&input.cgroup_root, &paths) {
+                    match usable(&dir, fallback) {
+                        Ok(v) => {
+                            found = Some((dir, v));
+                            break;
+                        }
+                        Err(e) => {
+                            if e.contains("no memory limit") {
+                                tried.unlimited.get_or_insert(e.clone());
+                            }
+                            why.push(e)
+                        }
+                    }
+                }
+                match found {
+                    Some((dir, v)) => {
+                        let pid = target.as_ref().ok().copied();
+                        return Ok(source(dir, v, Strategy::OwnCgroup, pid, input, &tried));
+                    }
+                    None => tried.note(Strategy::OwnCgroup, why.join("; ")),
+                }
+            }
+        }
+    }
+
+    // 5. RSS against the configured limit.
+    match (&target, fallback) {
+        (Ok(pid), Some(_)) => {
+            let how = format!(
+                "found by {}; earlier strategies:\n{}",
+                Strategy::ProcessRss.name(),
+                tried.summary()
+            );
+            return Ok(MemorySource {
+                kind: SourceKind::Process { pid: pid.pid },
+                strategy: Strategy::ProcessRss,
+                how,
+                pid: Some(pid.pid),
+                pid_start: Some(pid.start),
+                fallback_limit: fallback,
+            });
+        }
+        (Err(_), _) => tried.note(Strategy::ProcessRss, "no target process was found"),
+        (Ok(_), None) => tried.note(Strategy::ProcessRss, "OOMSNAP_MEMORY_LIMIT is not set"),
+    }
+
+    match tried.unlimited.take() {
+        Some(found) => Err(LocateError::NoLimit {
+            found,
+            tried: tried.summary(),
+        }),
+        None => Err(LocateError::NotFound(tried.summary())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_dirs_cover_both_drivers() {
+        let d = pod_dirs(Path::new("/r"), "0f1e-2d");
+        assert!(d.contains(&PathBuf::from(
+            "/r/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e_2d.slice"
+        )));
+        assert!(d.contains(&PathBuf::from("/r/memory/kubepods/burstable/pod0f1e-2d")));
+        assert!(d.contains(&PathBuf::from("/r/kubepods.slice/kubepods-pod0f1e_2d.slice")));
+    }
+
+    #[test]
+    fn under_joins_v1_and_v2_paths() {
+        let p = CgroupPaths {
+            v1_memory: Some("/a/b".into()),
+            unified: Some("/".into()),
+        };
+        let c = under(Path::new("/sys/fs/cgroup"), &p);
+        assert_eq!(c[0], PathBuf::from("/sys/fs/cgroup/memory/a/b"));
+        assert_eq!(c[1], PathBuf::from("/sys/fs/cgroup/"));
+    }
+
+    #[test]
+    fn explicit_path_that_is_not_a_cgroup_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = LocateInput {
+            cgroup: Some(dir.path().into()),
+            ..Default::default()
+        };
+        let e = locate(&input).unwrap_err();
+        assert!(matches!(e, LocateError::Explicit { .. }));
+        assert!(e.to_string().contains("memory.current"), "{e}");
+    }
+}
