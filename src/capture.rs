@@ -1,1 +1,357 @@
-//! (being written)
+//! Fetches the configured profiles from the target into a spool bundle.
+//!
+//! A permitted decision enters [`Capturer::capture`]; a finished bundle in
+//! the spool (and its [`Manifest`]) leaves. Profiles of one capture are
+//! fetched concurrently, heap first. Each body is streamed chunk by chunk
+//! into its spool file — never held whole — under a per-profile timeout and
+//! size cap, and binary profiles are checked as they stream: the gzip magic
+//! on the first bytes and the gzip trailer at the end, so an HTML error page
+//! or a truncated body is recorded as a failed profile while the rest of the
+//! capture still ships.
+//!
+//! The HTTP client keeps connections to the target alive and is warmed
+//! ahead of need ([`Capturer::warm`]), so the first request of a capture
+//! does not pay for a TCP handshake.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::manifest::{ms, timestamp, Manifest, ProfileRecord};
+use crate::profiles::ProfileKind;
+use crate::spool::{BundleWriter, SpoolError, SpoolFile};
+
+/// What to fetch and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureSettings {
+    /// The pprof base URL, without a trailing slash.
+    pub target: String,
+    pub profiles: Vec<ProfileKind>,
+    pub cpu_duration: Duration,
+    pub fetch_timeout: Duration,
+    pub max_bytes: u64,
+}
+
+impl CaptureSettings {
+    pub fn from_config(c: &crate::config::Config) -> CaptureSettings {
+        CaptureSettings {
+            target: c.target.clone(),
+            profiles: c.profiles.clone(),
+            cpu_duration: c.cpu_profile_duration,
+            fetch_timeout: c.fetch_timeout,
+            max_bytes: c.max_profile_bytes,
+        }
+    }
+
+    pub fn url(&self, kind: ProfileKind) -> String {
+        format!("{}{}", self.target, kind.url_suffix(self.cpu_duration))
+    }
+}
+
+/// A capture that could not even start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("every profile of capture {id} failed: {errors}")]
+    AllFailed { id: String, errors: String },
+}
+
+/// The HTTP side of captures.
+#[derive(Clone)]
+pub struct Capturer {
+    client: reqwest::Client,
+}
+
+/// How many bytes of a bad body are quoted in the manifest.
+const QUOTE: usize = 48;
+
+impl Capturer {
+    pub fn new() -> Result<Capturer, CaptureError> {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(None)
+            .pool_max_idle_per_host(8)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            // The target is on loopback; a proxy from the environment would
+            // only add a hop (or leak the request).
+            .no_proxy()
+            .user_agent(concat!("oomsnap/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CaptureError::Client(e.to_string()))?;
+        Ok(Capturer { client })
+    }
+
+    /// Opens `n` keep-alive connections to the target with a tiny request,
+    /// so a capture starts on a warm connection. Failures are ignored: the
+    /// target may not be up yet.
+    pub async fn warm(&self, settings: &CaptureSettings, n: usize) {
+        let url = format!("{}/cmdline", settings.target);
+        let reqs = (0..n).map(|_| {
+            let c = self.client.clone();
+            let url = url.clone();
+            async move {
+                if let Ok(r) = c.get(&url).timeout(Duration::from_secs(2)).send().await {
+                    let _ = r.bytes().await;
+                }
+            }
+        });
+        futures_util::future::join_all(reqs).await;
+    }
+
+    /// Fetches every configured profile into `writer`, concurrently and
+    /// heap first, and records each in `draft`. `t0` is the moment of the
+    /// deciding sample. The bundle is finished by the caller, after it has
+    /// summarised the profiles.
+    pub async fn fetch_all(
+        &self,
+        settings: &CaptureSettings,
+        writer: &BundleWriter,
+        draft: &mut Manifest,
+        t0: Instant,
+    ) {
+        let mut kinds = settings.profiles.clone();
+        kinds.sort_by_key(|k| k.priority());
+        let fetches = kinds.iter().map(|k| self.fetch(settings, *k, writer, t0));
+        let records = futures_util::future::join_all(fetches).await;
+        draft.first_request_after_decision_ms = records
+            .iter()
+            .map(|r| r.requested_after_decision_ms)
+            .reduce(f64::min);
+        draft.profiles = records;
+        draft.spooled_at = timestamp(SystemTime::now());
+    }
+
+    /// Writes the manifest and completes the bundle, off the runtime. A
+    /// manifest whose profiles all failed is still shipped: it is evidence
+    /// that the target could not answer while memory was high.
+    pub async fn finish(writer: BundleWriter, manifest: &Manifest) -> Result<(), CaptureError> {
+        let m = manifest.clone();
+        tokio::task::spawn_blocking(move || writer.finish(&m))
+            .await
+            .map_err(|e| CaptureError::Client(e.to_string()))??;
+        if !manifest.profiles.iter().any(ProfileRecord::ok) {
+            return Err(CaptureError::AllFailed {
+                id: manifest.capture_id.clone(),
+                errors: manifest
+                    .profiles
+                    .iter()
+                    .filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.name)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        settings: &CaptureSettings,
+        kind: ProfileKind,
+        writer: &BundleWriter,
+        t0: Instant,
+    ) -> ProfileRecord {
+        let url = settings.url(kind);
+        let mut rec = ProfileRecord {
+            name: kind.name().to_string(),
+            url: url.clone(),
+            requested_after_decision_ms: ms(t0.elapsed()),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        // A cpu profile takes its duration by design; the timeout is on top.
+        let timeout = if kind == ProfileKind::Cpu {
+            settings.fetch_timeout + settings.cpu_duration
+        } else {
+            settings.fetch_timeout
+        };
+        let mut file: Option<SpoolFile> = None;
+        let result = tokio::time::timeout(
+            timeout,
+            self.stream(settings, kind, &url, writer, t0, &mut rec, &mut file),
+        )
+        .await;
+        rec.fetch_ms = ms(started.elapsed());
+        let err = match result {
+            Err(_) => Some(format!(
+                "the target did not finish sending within {} (OOMSNAP_FETCH_TIMEOUT)",
+                humantime::format_duration(timeout)
+            )),
+            Ok(Err(e)) => Some(e),
+            Ok(Ok(())) => None,
+        };
+        match (err, file) {
+            (Some(e), f) => {
+                if let Some(f) = f {
+                    rec.bytes = f.bytes;
+                    f.discard();
+                }
+                rec.error = Some(e);
+            }
+            (None, Some(f)) => {
+                rec.bytes = f.bytes;
+                match tokio::task::spawn_blocking(move || f.commit()).await {
+                    Ok(Ok(sha)) => {
+                        rec.sha256 = Some(sha);
+                        rec.file = Some(kind.file_name());
+                        rec.durable_after_decision_ms = Some(ms(t0.elapsed()));
+                        rec.durable_at = Some(timestamp(SystemTime::now()));
+                    }
+                    Ok(Err(e)) => rec.error = Some(e.to_string()),
+                    Err(e) => rec.error = Some(e.to_string()),
+                }
+            }
+            (None, None) => rec.error = Some("no body was received".into()),
+        }
+        rec
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &self,
+        settings: &CaptureSettings,
+        kind: ProfileKind,
+        url: &str,
+        writer: &BundleWriter,
+        t0: Instant,
+        rec: &mut ProfileRecord,
+        out: &mut Option<SpoolFile>,
+    ) -> Result<(), String> {
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("the request failed: {}", error_chain(&e)))?;
+        rec.http_status = Some(resp.status().as_u16());
+        rec.content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(len) = resp.content_length() {
+            if len > settings.max_bytes {
+                return Err(format!(
+                    "the target announced {len} bytes, more than the cap of {} (OOMSNAP_MAX_PROFILE_BYTES)",
+                    settings.max_bytes
+                ));
+            }
+        }
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let head = resp
+                .chunk()
+                .await
+                .ok()
+                .flatten()
+                .map(|b| quote(&b))
+                .unwrap_or_default();
+            return Err(format!("the target answered HTTP {status}: {head}"));
+        }
+        let file = out.insert(writer.create(&kind.file_name()).map_err(|e| e.to_string())?);
+        let mut gz = kind
+            .is_binary()
+            .then(|| flate2::write::GzDecoder::new(std::io::sink()));
+        let mut head = [0u8; 2];
+        let mut head_len = 0;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(format!(
+                        "the body broke off after {} bytes: {}",
+                        file.bytes,
+                        error_chain(&e)
+                    ))
+                }
+            };
+            if rec.first_byte_after_decision_ms.is_none() {
+                rec.first_byte_after_decision_ms = Some(ms(t0.elapsed()));
+            }
+            if file.bytes + chunk.len() as u64 > settings.max_bytes {
+                return Err(format!(
+                    "the body is larger than the cap of {} bytes (OOMSNAP_MAX_PROFILE_BYTES)",
+                    settings.max_bytes
+                ));
+            }
+            if let Some(gz) = gz.as_mut() {
+                if head_len < 2 {
+                    let take = (2 - head_len).min(chunk.len());
+                    head[head_len..head_len + take].copy_from_slice(&chunk[..take]);
+                    head_len += take;
+                    if head_len == 2 && head != [0x1f, 0x8b] {
+                        return Err(format!(
+                            "the body is not a gzip'd pprof profile (it starts with {}; content-type {})",
+                            quote(&chunk),
+                            rec.content_type.as_deref().unwrap_or("none")
+                        ));
+                    }
+                }
+                gz.write_all(&chunk)
+                    .map_err(|e| format!("the body is not valid gzip: {e}"))?;
+            }
+            file.write(&chunk).map_err(|e| e.to_string())?;
+        }
+        if let Some(gz) = gz {
+            if head_len < 2 {
+                return Err(format!(
+                    "the body is too short to be a profile ({} bytes)",
+                    file.bytes
+                ));
+            }
+            gz.finish()
+                .map_err(|e| format!("the gzip stream is truncated or corrupt: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The first bytes of a body, printable.
+fn quote(b: &[u8]) -> String {
+    let s: String = String::from_utf8_lossy(&b[..b.len().min(QUOTE)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("{:?}", s.trim())
+}
+
+/// reqwest errors hide the useful part in their sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Shared, swappable settings (annotations change them live).
+pub type SharedSettings = Arc<std::sync::RwLock<CaptureSettings>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_decoder_notices_truncation() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&[42u8; 10000]).unwrap();
+        let full = enc.finish().unwrap();
+        let mut ok = flate2::write::GzDecoder::new(std::io::sink());
+        ok.write_all(&full).unwrap();
+        assert!(ok.finish().is_ok());
+        let mut cut = flate2::write::GzDecoder::new(std::io::sink());
+        cut.write_all(&full[..full.len() - 6]).unwrap();
+        assert!(cut.finish().is_err(), "a truncated gzip must be refused");
+    }
+
+    #[test]
+    fn quotes_are_printable() {
+        assert_eq!(quote(b"<html>\n<body>404"), "\"<html> <body>404\"");
+    }
+}

@@ -14,9 +14,14 @@
 //! - [`keys`]     — object keys and sanitised path parts
 //! - [`manifest`] — the `manifest.json` of a capture
 //! - [`pprof`]    — decodes profile.proto; top-N and diff summaries
+//! - [`summary`]  — puts those summaries into a capture's manifest
+//! - [`admin`]    — /healthz, /readyz, /metrics, /status, POST /capture
+//! - [`annotations`] — live pod annotations from the Downward API file
 //! - [`inject`]   — the mutating admission webhook
 //! - [`run`]      — wires the stages together for `oomsnap run`
 
+pub mod admin;
+pub mod annotations;
 pub mod capture;
 pub mod config;
 pub mod inject;
@@ -30,6 +35,7 @@ pub mod run;
 pub mod ship;
 pub mod spool;
 pub mod store;
+pub mod summary;
 pub mod trigger;
 
 /// The version written into every manifest.

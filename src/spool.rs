@@ -1,1 +1,559 @@
-//! (being written)
+//! The durable local queue of capture bundles (DESIGN §6).
+//!
+//! The capture stage writes a bundle through a [`BundleWriter`]; the ship
+//! stage reads finished [`Bundle`]s and removes each only after every object
+//! is stored. On disk:
+//!
+//! ```text
+//! <spool>/<id>.partial/      being written: draft.json, heap.pb.gz.tmp, …
+//! <spool>/<id>/              complete: .key, heap.pb.gz, …, manifest.json
+//! ```
+//!
+//! Every file is written to `<name>.tmp`, fsynced, renamed, and the folder
+//! fsynced, so a crash leaves either the old state or the new one. A bundle
+//! is complete once its folder loses `.partial`, which happens only after
+//! its manifest is in place.
+//!
+//! After a crash, a partial bundle that already holds finished profiles is
+//! completed from its `draft.json` (its manifest says `recovered`), because a
+//! profile spooled before the kill is exactly the evidence oomsnap exists
+//! for; a partial bundle with nothing finished is removed.
+//!
+//! The spool is bounded: when it holds more than `max_bytes`, the oldest
+//! complete bundles are dropped (and counted) — never the newest, which is
+//! the one closest to the OOM.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{Manifest, ProfileRecord, MANIFEST_FILE};
+
+const PARTIAL: &str = ".partial";
+const TMP: &str = ".tmp";
+/// The object key prefix a bundle ships to.
+pub const KEY_FILE: &str = ".key";
+/// The manifest without its profiles, written when a bundle begins.
+pub const DRAFT_FILE: &str = "draft.json";
+
+/// A spool operation that failed, naming the path.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {op} failed for {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot encode {path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// fsyncs a directory so renames inside it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SpoolError> {
+    let tmp = dir.join(format!("{name}{TMP}"));
+    let dst = dir.join(name);
+    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, &dst).map_err(io("rename", &tmp))?;
+    sync_dir(dir)
+}
+
+/// A finished bundle, ready to ship.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Bundle {
+    pub id: String,
+    #[serde(skip)]
+    pub dir: PathBuf,
+    /// Where in the store it goes.
+    pub key: String,
+    /// Files to upload, in order: the manifest (if any) last.
+    pub files: Vec<(String, u64)>,
+    pub bytes: u64,
+}
+
+/// What recovery found at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub complete: usize,
+    pub completed_from_draft: usize,
+    pub removed_partial: usize,
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Spool {
+    /// Opens (creating) the spool and recovers what a crash left.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, Recovery), SpoolError> {
+        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let rec = spool.recover()?;
+        Ok((spool, rec))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Bundles dropped to keep the spool bounded, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn recover(&self) -> Result<Recovery, SpoolError> {
+        let mut rec = Recovery::default();
+        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let entry = entry.map_err(io("list", &self.dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !path.is_dir() {
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(PARTIAL) {
+                if self.complete_from_draft(id, &path)? {
+                    rec.completed_from_draft += 1;
+                } else {
+                    fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+                    rec.removed_partial += 1;
+                }
+            } else {
+                // Leftover temporaries inside a complete bundle are junk.
+                for f in fs::read_dir(&path).map_err(io("list", &path))?.flatten() {
+                    if f.file_name().to_string_lossy().ends_with(TMP) {
+                        let _ = fs::remove_file(f.path());
+                    }
+                }
+                rec.complete += 1;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(rec)
+    }
+
+    /// Completes a crashed bundle whose draft and at least one profile made
+    /// it to disk. Returns false when there is nothing worth keeping.
+    fn complete_from_draft(&self, id: &str, path: &Path) -> Result<bool, SpoolError> {
+        let Ok(draft) = fs::read(path.join(DRAFT_FILE)) else {
+            return Ok(false);
+        };
+        let Ok(mut manifest) = serde_json::from_slice::<Manifest>(&draft) else {
+            return Ok(false);
+        };
+        let mut records = Vec::new();
+        for f in fs::read_dir(path).map_err(io("list", path))?.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(TMP) {
+                let _ = fs::remove_file(f.path());
+                continue;
+            }
+            if name == DRAFT_FILE || name == KEY_FILE || name == MANIFEST_FILE {
+                continue;
+            }
+            let (bytes, sha256) = hash_file(&f.path())?;
+            let profile = name
+                .strip_suffix(".pb.gz")
+                .or_else(|| name.strip_suffix(".txt"))
+                .unwrap_or(&name)
+                .to_string();
+            records.push(ProfileRecord {
+                name: profile,
+                file: Some(name),
+                bytes,
+                sha256: Some(sha256),
+                ..Default::default()
+            });
+        }
+        if records.is_empty() {
+            return Ok(false);
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        // Profiles that never finished are named so a reader knows.
+        for p in &manifest.profiles {
+            if !records.iter().any(|r| r.name == p.name) {
+                records.push(ProfileRecord {
+                    error: Some("oomsnap stopped before this profile was spooled".into()),
+                    ..p.clone()
+                });
+            }
+        }
+        manifest.profiles = records;
+        manifest.reason = format!("{} (recovered)", manifest.reason);
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|source| SpoolError::Json {
+            path: path.join(MANIFEST_FILE),
+            source,
+        })?;
+        write_atomic(path, MANIFEST_FILE, &bytes)?;
+        let _ = fs::remove_file(path.join(DRAFT_FILE));
+        let done = self.dir.join(id);
+        fs::rename(path, &done).map_err(io("rename", path))?;
+        tracing::warn!(bundle = id, "completed a capture that a crash interrupted");
+        Ok(true)
+    }
+
+    /// Starts a bundle that will ship under `key`.
+    pub fn begin(&self, id: &str, key: &str, draft: &Manifest) -> Result<BundleWriter, SpoolError> {
+        let partial = self.dir.join(format!("{id}{PARTIAL}"));
+        fs::create_dir_all(&partial).map_err(io("create", &partial))?;
+        fs::write(partial.join(KEY_FILE), key).map_err(io("write", &partial))?;
+        let bytes = serde_json::to_vec(draft).map_err(|source| SpoolError::Json {
+            path: partial.join(DRAFT_FILE),
+            source,
+        })?;
+        fs::write(partial.join(DRAFT_FILE), bytes).map_err(io("write", &partial))?;
+        Ok(BundleWriter {
+            id: id.to_string(),
+            partial,
+            final_dir: self.dir.join(id),
+        })
+    }
+
+    /// Adds a one-file bundle (e.g. `oom.json`) that ships into an existing
+    /// capture's folder.
+    pub fn add_single(&self, id: &str, key: &str, name: &str, bytes: &[u8]) -> Result<(), SpoolError> {
+        let partial = self.dir.join(format!("{id}{PARTIAL}"));
+        fs::create_dir_all(&partial).map_err(io("create", &partial))?;
+        write_atomic(&partial, KEY_FILE, key.as_bytes())?;
+        write_atomic(&partial, name, bytes)?;
+        let done = self.dir.join(id);
+        fs::rename(&partial, &done).map_err(io("rename", &partial))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Complete bundles, oldest first.
+    pub fn bundles(&self) -> Result<Vec<Bundle>, SpoolError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.ends_with(PARTIAL) || !path.is_dir() {
+                continue;
+            }
+            let Ok(key) = fs::read_to_string(path.join(KEY_FILE)) else {
+                continue;
+            };
+            let mut files = Vec::new();
+            let mut manifest = None;
+            let mut bytes = 0;
+            let Ok(list) = fs::read_dir(&path) else { continue };
+            for f in list.flatten() {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                if fname == KEY_FILE || fname.ends_with(TMP) || fname == DRAFT_FILE {
+                    continue;
+                }
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                bytes += size;
+                if fname == MANIFEST_FILE {
+                    manifest = Some((fname, size));
+                } else {
+                    files.push((fname, size));
+                }
+            }
+            files.sort();
+            files.extend(manifest);
+            out.push(Bundle {
+                id: name,
+                dir: path,
+                key: key.trim().to_string(),
+                files,
+                bytes,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Bytes held by complete and partial bundles.
+    pub fn usage_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(rd) = fs::read_dir(p) else { return 0 };
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
+    }
+
+    /// Removes a shipped bundle.
+    pub fn remove(&self, b: &Bundle) -> Result<(), SpoolError> {
+        fs::remove_dir_all(&b.dir).map_err(io("remove", &b.dir))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Drops the oldest bundles until the spool fits; never drops `keep`
+    /// (the newest). Returns the ids dropped.
+    pub fn enforce_bound(&self, keep: &str) -> Result<Vec<String>, SpoolError> {
+        let mut dropped = Vec::new();
+        let mut bundles = self.bundles()?;
+        let mut total = self.usage_bytes();
+        while total > self.max_bytes {
+            let Some(pos) = bundles.iter().position(|b| b.id != keep) else {
+                break;
+            };
+            let b = bundles.remove(pos);
+            self.remove(&b)?;
+            total = total.saturating_sub(b.bytes);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                bundle = %b.id,
+                bytes = b.bytes,
+                max_bytes = self.max_bytes,
+                "the spool is full; dropped the oldest unshipped capture"
+            );
+            dropped.push(b.id);
+        }
+        Ok(dropped)
+    }
+}
+
+/// sha256 and size of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(u64, String), SpoolError> {
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h).map_err(io("read", path))?;
+    Ok((n, hex(&h.finalize())))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Writes one bundle.
+#[derive(Debug)]
+pub struct BundleWriter {
+    pub id: String,
+    partial: PathBuf,
+    final_dir: PathBuf,
+}
+
+/// A file being written into a bundle; hashes as it goes.
+pub struct SpoolFile {
+    name: String,
+    tmp: PathBuf,
+    file: File,
+    hash: Sha256,
+    pub bytes: u64,
+}
+
+impl SpoolFile {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
+        self.file.write_all(chunk).map_err(io("write", &self.tmp))?;
+        self.hash.update(chunk);
+        self.bytes += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// fsyncs and renames into place; returns the sha256. Blocking: call it
+    /// from a blocking task.
+    pub fn commit(self) -> Result<String, SpoolError> {
+        self.file.sync_all().map_err(io("fsync", &self.tmp))?;
+        let dir = self.tmp.parent().expect("spool file has a parent").to_path_buf();
+        let dst = dir.join(&self.name);
+        fs::rename(&self.tmp, &dst).map_err(io("rename", &self.tmp))?;
+        sync_dir(&dir)?;
+        Ok(hex(&self.hash.finalize()))
+    }
+
+    /// Throws away a failed file.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+impl BundleWriter {
+    /// The folder files are written into until the bundle is finished.
+    pub fn dir(&self) -> &Path {
+        &self.partial
+    }
+
+    pub fn create(&self, name: &str) -> Result<SpoolFile, SpoolError> {
+        let tmp = self.partial.join(format!("{name}{TMP}"));
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        Ok(SpoolFile {
+            name: name.to_string(),
+            tmp,
+            file,
+            hash: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Writes the manifest and makes the bundle complete.
+    pub fn finish(self, manifest: &Manifest) -> Result<PathBuf, SpoolError> {
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|source| SpoolError::Json {
+            path: self.partial.join(MANIFEST_FILE),
+            source,
+        })?;
+        write_atomic(&self.partial, MANIFEST_FILE, &bytes)?;
+        let _ = fs::remove_file(self.partial.join(DRAFT_FILE));
+        fs::rename(&self.partial, &self.final_dir).map_err(io("rename", &self.partial))?;
+        sync_dir(self.final_dir.parent().expect("bundle has a parent"))?;
+        Ok(self.final_dir)
+    }
+
+    /// Removes a bundle that will not be finished.
+    pub fn abandon(self) {
+        let _ = fs::remove_dir_all(&self.partial);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::manifest::{TriggerSample, SCHEMA};
+
+    pub(crate) fn manifest(id: &str) -> Manifest {
+        Manifest {
+            schema: SCHEMA,
+            oomsnap_version: "test".into(),
+            capture_id: id.into(),
+            reason: "threshold-80".into(),
+            namespace: "ns".into(),
+            pod: "pod".into(),
+            container: "app".into(),
+            node: "node".into(),
+            pod_uid: None,
+            target: "http://127.0.0.1:6060/debug/pprof".into(),
+            target_pid: None,
+            target_restarts: 0,
+            source: None,
+            trigger: TriggerSample {
+                sampled_at: "2026-11-22T00:00:00Z".into(),
+                usage_bytes: 1,
+                working_set_bytes: 1,
+                limit_bytes: Some(2),
+                percent: 50.0,
+                anon_bytes: None,
+                file_bytes: None,
+                slope_bytes_per_second: None,
+                predicted_seconds_to_oom: None,
+                wake: None,
+            },
+            decided_at: "2026-11-22T00:00:00Z".into(),
+            first_request_after_decision_ms: None,
+            spooled_at: "2026-11-22T00:00:00Z".into(),
+            profiles: vec![],
+            summary: None,
+            baseline: None,
+        }
+    }
+
+    fn bundle(spool: &Spool, id: &str, size: usize) {
+        let w = spool.begin(id, &format!("p/{id}"), &manifest(id)).unwrap();
+        let mut f = w.create("heap.pb.gz").unwrap();
+        f.write(&vec![7u8; size]).unwrap();
+        f.commit().unwrap();
+        w.finish(&manifest(id)).unwrap();
+    }
+
+    #[test]
+    fn manifest_ships_last_and_key_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(d.path(), 1 << 20).unwrap();
+        bundle(&s, "a", 10);
+        let b = s.bundles().unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].key, "p/a");
+        assert_eq!(b[0].files.last().unwrap().0, MANIFEST_FILE);
+        assert_eq!(b[0].files[0], ("heap.pb.gz".to_string(), 10));
+    }
+
+    #[test]
+    fn full_spool_drops_the_oldest_never_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(d.path(), 7000).unwrap();
+        for id in ["1", "2", "3"] {
+            bundle(&s, id, 2000);
+            s.enforce_bound(id).unwrap();
+        }
+        let ids: Vec<String> = s.bundles().unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec!["2", "3"]);
+        assert_eq!(s.dropped(), 1);
+        // A single bundle larger than the bound is still kept.
+        bundle(&s, "4", 9000);
+        s.enforce_bound("4").unwrap();
+        let ids: Vec<String> = s.bundles().unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec!["4"]);
+    }
+
+    #[test]
+    fn recovery_completes_drafts_with_profiles_and_removes_empty_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(d.path(), 1 << 20).unwrap();
+        // Crashed after the heap profile was committed, mid goroutine.
+        let mut m = manifest("x");
+        m.profiles = vec![
+            ProfileRecord {
+                name: "heap".into(),
+                ..Default::default()
+            },
+            ProfileRecord {
+                name: "goroutine".into(),
+                ..Default::default()
+            },
+        ];
+        let w = s.begin("x", "p/x", &m).unwrap();
+        let mut f = w.create("heap.pb.gz").unwrap();
+        f.write(b"\x1f\x8bdata").unwrap();
+        f.commit().unwrap();
+        let mut g = w.create("goroutine.pb.gz").unwrap();
+        g.write(b"half").unwrap();
+        std::mem::forget(g);
+        // Crashed before anything was committed.
+        let _w2 = s.begin("y", "p/y", &manifest("y")).unwrap();
+
+        let (s, rec) = Spool::open(d.path(), 1 << 20).unwrap();
+        assert_eq!(rec.completed_from_draft, 1);
+        assert_eq!(rec.removed_partial, 1);
+        let b = s.bundles().unwrap();
+        assert_eq!(b.len(), 1);
+        let man: Manifest =
+            serde_json::from_slice(&fs::read(b[0].dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+        assert!(man.reason.contains("recovered"));
+        let heap = man.profiles.iter().find(|p| p.name == "heap").unwrap();
+        assert!(heap.ok());
+        let gor = man.profiles.iter().find(|p| p.name == "goroutine").unwrap();
+        assert!(gor.error.is_some());
+        assert!(!b[0].files.iter().any(|(n, _)| n.ends_with(".tmp")));
+    }
+}

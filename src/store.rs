@@ -105,6 +105,20 @@ impl StoreUrl {
     }
 }
 
+/// The client's own retries stay short: the shipper retries for as long as
+/// it takes, with its own backoff, and must see each failure to report it.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(15),
+    }
+}
+
 /// An open store and where in it captures go.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -132,18 +146,21 @@ impl Store {
             StoreUrl::S3 { bucket, .. } => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
+                    .with_retry(retry())
                     .build()
                     .map_err(|e| build("s3", e))?,
             ),
             StoreUrl::Gcs { bucket, .. } => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
+                    .with_retry(retry())
                     .build()
                     .map_err(|e| build("gs", e))?,
             ),
             StoreUrl::Azure { container, .. } => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(container)
+                    .with_retry(retry())
                     .build()
                     .map_err(|e| build("az", e))?,
             ),
