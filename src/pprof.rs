@@ -666,7 +666,9 @@ pub struct GoroutineSummary {
 pub struct GoroutineStack {
     /// Goroutines with this stack.
     pub goroutines: u64,
-    /// Function names, leaf first, at most [`MAX_STACK_FRAMES`].
+    /// Function names, leaf first, at most [`MAX_STACK_FRAMES`]; just
+    /// `<no stack>` for goroutines whose stack the runtime did not record
+    /// (Go's goroutine profiles do have such samples).
     pub functions: Vec<String>,
     /// Frames past [`MAX_STACK_FRAMES`] left out of `functions`.
     pub omitted_frames: usize,
@@ -695,11 +697,15 @@ pub fn goroutine_summary(p: &Profile, top_n: usize) -> GoroutineSummary {
         .into_iter()
         .map(|(frames, goroutines)| GoroutineStack {
             goroutines,
-            functions: frames
-                .iter()
-                .take(MAX_STACK_FRAMES)
-                .map(|&f| sym.name(f).to_string())
-                .collect(),
+            functions: if frames.is_empty() {
+                vec![NO_STACK.to_string()]
+            } else {
+                frames
+                    .iter()
+                    .take(MAX_STACK_FRAMES)
+                    .map(|&f| sym.name(f).to_string())
+                    .collect()
+            },
             omitted_frames: frames.len().saturating_sub(MAX_STACK_FRAMES),
         })
         .collect();
@@ -1219,10 +1225,16 @@ mod tests {
             .func(4, "main.busy")
             .sample(&[1, 2], &[700])
             .sample(&[1, 2], &[300]) // same stack again: merged
-            .sample(&[4, 3], &[1]);
+            .sample(&[4, 3], &[1])
+            .sample(&[], &[1]);
+        let g = goroutine_summary(&b.p, 3);
+        assert!(g
+            .top_stacks
+            .iter()
+            .any(|s| s.functions == ["<no stack>"] && s.goroutines == 1));
         let g = goroutine_summary(&b.p, 1);
-        assert_eq!(g.total_goroutines, 1001);
-        assert_eq!(g.distinct_stacks, 2);
+        assert_eq!(g.total_goroutines, 1002);
+        assert_eq!(g.distinct_stacks, 3);
         assert_eq!(g.top_stacks.len(), 1);
         assert_eq!(g.top_stacks[0].goroutines, 1000);
         assert_eq!(
