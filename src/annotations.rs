@@ -147,7 +147,7 @@ pub fn apply(
 ) -> (Tunables, Vec<String>) {
     let mut t = Tunables::from_config(env);
     let mut problems = Vec::new();
-    let mut bad = |key: &str, value: &str, why: String, problems: &mut Vec<String>| {
+    let bad = |key: &str, value: &str, why: String, problems: &mut Vec<String>| {
         problems.push(format!(
             "annotation {key}={value:?} is ignored: {why}; the last good value stays"
         ));

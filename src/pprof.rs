@@ -36,7 +36,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The default cap on the size of a decompressed profile: 512 MiB.
 ///
@@ -557,7 +557,7 @@ fn percent(part: u64, whole: u64) -> f64 {
 // ---------------------------------------------------------------------------
 
 /// The top of a heap profile, for the manifest.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeapSummary {
     /// The sample type summarised, `type/unit`: normally `inuse_space/bytes`.
     pub sample_type: String,
@@ -578,7 +578,7 @@ pub struct HeapSummary {
 }
 
 /// One function's share of a heap profile.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionBytes {
     /// Function name, e.g. `main.(*cache).put`.
     pub function: String,
@@ -651,7 +651,7 @@ pub fn heap_summary(p: &Profile, top_n: usize) -> Result<HeapSummary, PprofError
 // ---------------------------------------------------------------------------
 
 /// The goroutines of a goroutine profile, for the manifest.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GoroutineSummary {
     /// Goroutines in the profile: the sum of the sample values.
     pub total_goroutines: u64,
@@ -662,7 +662,7 @@ pub struct GoroutineSummary {
 }
 
 /// One distinct stack and the goroutines parked on it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GoroutineStack {
     /// Goroutines with this stack.
     pub goroutines: u64,
@@ -727,7 +727,7 @@ pub fn goroutine_summary(p: &Profile, top_n: usize) -> GoroutineSummary {
 // ---------------------------------------------------------------------------
 
 /// What grew between a baseline heap profile and the current one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeapDiff {
     /// The sample type compared, `type/unit`: normally `inuse_space/bytes`.
     pub sample_type: String,
@@ -748,7 +748,7 @@ pub struct HeapDiff {
 }
 
 /// One function's flat bytes in the baseline and now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionDelta {
     /// Function name, e.g. `main.(*cache).put`.
     pub function: String,

@@ -68,6 +68,10 @@ pub struct Shared {
     pub manual: mpsc::Sender<ManualRequest>,
     pub oom_kills: std::sync::atomic::AtomicU64,
     pub capture_settings: Arc<std::sync::RwLock<CaptureSettings>>,
+    pub metrics: crate::admin::Metrics,
+    /// The tunables as annotations last set them.
+    pub tunables: Mutex<Option<crate::annotations::Tunables>>,
+    pub annotation_problems: Mutex<Vec<String>>,
 }
 
 const RECENT: usize = 32;
@@ -304,6 +308,13 @@ impl Pipeline {
             .filter_map(|p| p.durable_after_decision_ms)
             .reduce(f64::max);
         let verdict = crate::summary::verdict_of(&m);
+        for p in &m.profiles {
+            self.shared
+                .metrics
+                .fetch_seconds
+                .get_or_create(&crate::admin::ProfileLabels { profile: p.name.clone() })
+                .observe(p.fetch_ms / 1e3);
+        }
         match &result {
             Ok(()) => {
                 for p in m.profiles.iter().filter(|p| !p.ok()) {
@@ -338,6 +349,14 @@ impl Pipeline {
             profiles_failed: failed,
             verdict,
         };
+        self.shared
+            .metrics
+            .captures
+            .get_or_create(&crate::admin::CaptureLabels {
+                reason: entry.reason.clone(),
+                outcome: entry.outcome.clone(),
+            })
+            .inc();
         if let Ok(mut c) = self.shared.captures.lock() {
             c.push_back(entry);
             while c.len() > RECENT {
@@ -386,6 +405,9 @@ impl Pipeline {
             .durable_at
             .and_then(|d| at.duration_since(d).ok())
             .map(|d| d.as_secs_f64());
+        if let Some(l) = lead {
+            self.shared.metrics.lead_seconds.observe(l);
+        }
         let rec = OomRecord {
             schema: SCHEMA,
             capture_id: cap.id.clone(),
@@ -509,6 +531,9 @@ pub fn shared(config: Config, shipper: Option<Shipper>, manual: mpsc::Sender<Man
         problems: Mutex::new(Vec::new()),
         manual,
         oom_kills: std::sync::atomic::AtomicU64::new(0),
+        metrics: crate::admin::Metrics::default(),
+        tunables: Mutex::new(None),
+        annotation_problems: Mutex::new(Vec::new()),
     })
 }
 
@@ -539,14 +564,14 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
         ),
         None => None,
     };
-    let annotations = crate::annotations::spawn(shared.clone());
+    let follower = crate::annotations::Follower::load(shared.clone());
+    let mut watch_config = WatchConfig::from_config(&config);
+    watch_config.policy = follower.policy();
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
-    let (control, watch_thread) = watch::spawn(WatchConfig::from_config(&config), watch_tx, shared.watch.clone())
+    let (control, watch_thread) = watch::spawn(watch_config, watch_tx, shared.watch.clone())
         .map_err(|e| RunError::Other(format!("cannot start the watcher: {e}")))?;
-    if let Some(a) = &annotations {
-        a.attach(control.clone());
-    }
+    let annotations_task = crate::annotations::spawn(follower, control.clone());
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut p = Pipeline {
@@ -607,6 +632,7 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
     if let Some(t) = admin_task {
         t.abort();
     }
+    annotations_task.abort();
     let _ = tokio::task::spawn_blocking(move || watch_thread.join()).await;
     Ok(())
 }
