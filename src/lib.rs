@@ -19,10 +19,12 @@
 //! - [`annotations`] — live pod annotations from the Downward API file
 //! - [`inject`]   — the mutating admission webhook
 //! - [`run`]      — wires the stages together for `oomsnap run`
+//! - [`cli`]      — check, capture, ls, get and report for people
 
 pub mod admin;
 pub mod annotations;
 pub mod capture;
+pub mod cli;
 pub mod config;
 pub mod inject;
 pub mod keys;
