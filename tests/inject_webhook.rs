@@ -363,6 +363,15 @@ async fn webhook_patches_opted_in_pods_and_leaves_the_rest_alone() {
         assert!(!env_names(&sidecar(&pod)).contains(&"OOMSNAP_MEMORY_LIMIT".to_string()));
     }
 
+    // Opted in by label only, no annotations at all: the annotations object
+    // must be added whole (jsonpatch refuses a path under a missing parent).
+    if let Some((pod, _)) = inject_and_check(&server, "label-opt-in.json", live).await {
+        assert_eq!(
+            pod["metadata"]["annotations"]["oomsnap.dev/status"],
+            "injected"
+        );
+    }
+
     // Left alone.
     for case in [
         "already-injected.json",

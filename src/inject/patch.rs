@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::settings::InjectSettings;
 
-/// The opt-in annotation; its value must be `"true"`.
+/// The opt-in annotation (or label); its value must be `"true"`.
 pub const ANNOTATION_INJECT: &str = "oomsnap.dev/inject";
 /// Set on every patched pod so it is never patched twice.
 pub const ANNOTATION_STATUS: &str = "oomsnap.dev/status";
@@ -86,9 +86,17 @@ fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
-/// Whether the pod asked for the sidecar.
+/// Whether the pod asked for the sidecar: the annotation, or a label of the
+/// same name (a webhook `objectSelector` can only match labels, so the
+/// shipped webhook configuration selects on the label).
 pub fn opted_in(pod: &Value) -> bool {
-    annotation(pod, ANNOTATION_INJECT).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    let label = pod
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(ANNOTATION_INJECT))
+        .and_then(Value::as_str);
+    annotation(pod, ANNOTATION_INJECT)
+        .or(label)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// Whether the pod was already patched.
@@ -400,6 +408,18 @@ mod tests {
         assert_eq!(plan(&no, &s), Plan::skip());
         let bare = json!({"metadata": {}, "spec": {"containers": [app()]}});
         assert_eq!(plan(&bare, &s), Plan::skip());
+    }
+
+    #[test]
+    fn the_opt_in_label_works_like_the_annotation() {
+        let p = json!({"metadata": {"labels": {"oomsnap.dev/inject": "true"}},
+                       "spec": {"containers": [app()]}});
+        let plan = plan(&p, &InjectSettings::default());
+        // No annotations object yet: it is added whole.
+        assert_eq!(
+            op_at(&plan, "/metadata/annotations")["value"],
+            json!({"oomsnap.dev/status": "injected"})
+        );
     }
 
     #[test]
