@@ -544,7 +544,12 @@ impl Config {
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
         }
-        let warnings = unknown_var_warnings(vars, KNOWN);
+        let known: Vec<&str> = KNOWN
+            .iter()
+            .chain(crate::inject::KNOWN_VARS)
+            .copied()
+            .collect();
+        let warnings = unknown_var_warnings(vars, &known);
         Ok((
             Config {
                 cgroup,
