@@ -641,8 +641,11 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
 pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError> {
     let (spool, store) = open_storage(&config)?;
     let shipper = Shipper::new(store, spool.clone());
-    let sample = crate::memory::locate::locate(&crate::memory::locate::LocateInput::from_config(&config))
-        .ok()
+    // The memory at the moment of a manual capture is context, not a
+    // precondition: capture even when nothing can be located.
+    let source = crate::memory::locate::locate(&crate::memory::locate::LocateInput::from_config(&config)).ok();
+    let sample = source
+        .as_ref()
         .and_then(|src| src.open().ok())
         .and_then(|mut r| r.read().ok())
         .unwrap_or_else(|| Sample { limit: None, ..Sample::synthetic(Instant::now(), 0, 0) });
@@ -660,7 +663,7 @@ pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError
         mode: Mode::Run,
         spool: Some(spool.clone()),
         capturer: Capturer::new().map_err(|e| RunError::Other(e.to_string()))?,
-        source: None,
+        source,
         restarts: 0,
         in_flight: None,
         pending: None,

@@ -1199,3 +1199,127 @@ fn http_date(t: SystemTime) -> String {
         rem % 60
     )
 }
+
+// ---------------------------------------------------------------------------
+// oomsnap itself
+// ---------------------------------------------------------------------------
+
+/// A running `oomsnap` binary; stderr goes to a file so tests can read the
+/// logs; killed on drop.
+pub struct Oomsnap {
+    child: Child,
+    pub admin: String,
+    pub log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The path of the oomsnap binary under test (set by cargo for tests).
+pub fn oomsnap_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_oomsnap"))
+}
+
+impl Oomsnap {
+    /// Starts `oomsnap <args>` with `env` on top of a clean environment (no
+    /// inherited `OOMSNAP_*`), an admin port on loopback and text logs.
+    pub fn start(args: &[&str], env: &[(String, String)]) -> Oomsnap {
+        let dir = temp_dir("oomsnap-log");
+        let log = dir.path().join("oomsnap.log");
+        let port = free_port();
+        let admin = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(oomsnap_bin());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,oomsnap=debug")
+            .env("OOMSNAP_ADMIN_ADDR", &admin)
+            .env("OOMSNAP_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn oomsnap");
+        let me = Oomsnap {
+            child,
+            admin,
+            log,
+            _dir: Some(dir),
+        };
+        let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            http_get(&format!("http://{}/healthz", me.admin)).is_ok()
+        });
+        assert!(up, "oomsnap did not serve its admin port; log:\n{}", me.logs());
+        me
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET an admin path; the body as text.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let (s, b) = http_get(&format!("http://{}{path}", self.admin)).expect("admin GET");
+        (s, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// POST /capture; the status code and body.
+    pub fn capture(&self) -> (u16, String) {
+        let (s, b) = http_request(
+            "POST",
+            &format!("http://{}/capture", self.admin),
+            &[],
+            b"",
+            Duration::from_secs(60),
+        )
+        .expect("admin POST");
+        (s, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// SIGTERM and wait; the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> Option<ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILL, as the kernel or kubelet would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Oomsnap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A metric's value from Prometheus text (first sample whose name and
+/// labels start with `prefix`).
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
