@@ -45,7 +45,9 @@ pub struct ProfileLabels {
 }
 
 fn fetch_histogram() -> Histogram {
-    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 /// Metrics observed as events happen; the rest are read from state at
@@ -68,7 +70,9 @@ impl Default for Metrics {
         Metrics {
             captures: Family::default(),
             fetch_seconds: Family::new_with_constructor(fetch_histogram),
-            lead_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            lead_seconds: Histogram::new([
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
         }
     }
 }
@@ -93,12 +97,22 @@ struct OutcomeLabel {
     outcome: String,
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(v);
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(v);
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
@@ -108,17 +122,57 @@ impl Collector for StateCollector {
         let s = &self.0;
         let last = s.watch.last.lock().ok().and_then(|l| *l);
         if let Some(l) = last {
-            gauge(&mut enc, "oomsnap_memory_working_set_bytes", "Working set of the watched memory (usage minus inactive file).", l.working_set as f64)?;
-            gauge(&mut enc, "oomsnap_memory_usage_bytes", "Usage of the watched memory.", l.usage as f64)?;
+            gauge(
+                &mut enc,
+                "oomsnap_memory_working_set_bytes",
+                "Working set of the watched memory (usage minus inactive file).",
+                l.working_set as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "oomsnap_memory_usage_bytes",
+                "Usage of the watched memory.",
+                l.usage as f64,
+            )?;
             if let Some(limit) = l.limit {
-                gauge(&mut enc, "oomsnap_memory_limit_bytes", "The memory limit that triggers the OOM killer.", limit as f64)?;
+                gauge(
+                    &mut enc,
+                    "oomsnap_memory_limit_bytes",
+                    "The memory limit that triggers the OOM killer.",
+                    limit as f64,
+                )?;
             }
         }
-        counter(&mut enc, "oomsnap_memory_samples", "Memory samples read.", s.watch.samples.load(Ordering::Relaxed))?;
-        counter(&mut enc, "oomsnap_kernel_wakeups", "Wake-ups by kernel notification (eventfd, inotify).", s.watch.kernel_wakes.load(Ordering::Relaxed))?;
-        counter(&mut enc, "oomsnap_target_restarts", "Restarts of the target process seen.", s.watch.restarts.load(Ordering::Relaxed))?;
-        gauge(&mut enc, "oomsnap_poll_interval_seconds", "The current poll interval.", s.watch.interval_ms.load(Ordering::Relaxed) as f64 / 1e3)?;
-        counter(&mut enc, "oomsnap_oom_kills", "OOM kills of the target confirmed by the kernel's counter.", s.oom_kills.load(Ordering::Relaxed))?;
+        counter(
+            &mut enc,
+            "oomsnap_memory_samples",
+            "Memory samples read.",
+            s.watch.samples.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "oomsnap_kernel_wakeups",
+            "Wake-ups by kernel notification (eventfd, inotify).",
+            s.watch.kernel_wakes.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "oomsnap_target_restarts",
+            "Restarts of the target process seen.",
+            s.watch.restarts.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "oomsnap_poll_interval_seconds",
+            "The current poll interval.",
+            s.watch.interval_ms.load(Ordering::Relaxed) as f64 / 1e3,
+        )?;
+        counter(
+            &mut enc,
+            "oomsnap_oom_kills",
+            "OOM kills of the target confirmed by the kernel's counter.",
+            s.oom_kills.load(Ordering::Relaxed),
+        )?;
 
         if let Ok(a) = s.admission.lock() {
             let dropped = ConstCounter::new(0u64);
@@ -129,19 +183,54 @@ impl Collector for StateCollector {
                 dropped.metric_type(),
             )?;
             for (reason, n) in a.dropped() {
-                ConstCounter::new(*n).encode(fam.encode_family(&ReasonLabel { reason: reason.clone() })?)?;
+                ConstCounter::new(*n).encode(fam.encode_family(&ReasonLabel {
+                    reason: reason.clone(),
+                })?)?;
             }
-            gauge(&mut enc, "oomsnap_quota_remaining_captures", "Captures left in the burst as of the last decision.", a.remaining() as f64)?;
+            gauge(
+                &mut enc,
+                "oomsnap_quota_remaining_captures",
+                "Captures left in the burst as of the last decision.",
+                a.remaining() as f64,
+            )?;
         }
         if let Some(ship) = &s.shipper {
             let st = &ship.stats;
             let c = ConstCounter::new(0u64);
-            let mut fam = enc.encode_descriptor("oomsnap_uploads", "Object uploads, by outcome.", None, c.metric_type())?;
-            ConstCounter::new(st.objects_ok.load(Ordering::Relaxed)).encode(fam.encode_family(&OutcomeLabel { outcome: "ok".into() })?)?;
-            ConstCounter::new(st.objects_failed.load(Ordering::Relaxed)).encode(fam.encode_family(&OutcomeLabel { outcome: "error".into() })?)?;
-            counter(&mut enc, "oomsnap_uploaded_bytes", "Bytes uploaded to the store.", st.bytes_uploaded.load(Ordering::Relaxed))?;
-            gauge(&mut enc, "oomsnap_spool_bytes", "Bytes waiting in the spool.", ship.spool.usage_bytes() as f64)?;
-            counter(&mut enc, "oomsnap_spool_dropped", "Bundles dropped because the spool was full.", ship.spool.dropped())?;
+            let mut fam = enc.encode_descriptor(
+                "oomsnap_uploads",
+                "Object uploads, by outcome.",
+                None,
+                c.metric_type(),
+            )?;
+            ConstCounter::new(st.objects_ok.load(Ordering::Relaxed)).encode(fam.encode_family(
+                &OutcomeLabel {
+                    outcome: "ok".into(),
+                },
+            )?)?;
+            ConstCounter::new(st.objects_failed.load(Ordering::Relaxed)).encode(
+                fam.encode_family(&OutcomeLabel {
+                    outcome: "error".into(),
+                })?,
+            )?;
+            counter(
+                &mut enc,
+                "oomsnap_uploaded_bytes",
+                "Bytes uploaded to the store.",
+                st.bytes_uploaded.load(Ordering::Relaxed),
+            )?;
+            gauge(
+                &mut enc,
+                "oomsnap_spool_bytes",
+                "Bytes waiting in the spool.",
+                ship.spool.usage_bytes() as f64,
+            )?;
+            counter(
+                &mut enc,
+                "oomsnap_spool_dropped",
+                "Bundles dropped because the spool was full.",
+                ship.spool.dropped(),
+            )?;
         }
         Ok(())
     }
@@ -153,12 +242,27 @@ struct App {
 }
 
 /// Starts the server; returns once it listens.
-pub async fn spawn(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn spawn(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut registry = Registry::default();
     let m = shared.metrics.clone();
-    registry.register("oomsnap_captures", "Captures taken, by reason and outcome (complete, partial, failed).", m.captures);
-    registry.register("oomsnap_profile_fetch_seconds", "Time to fetch and spool one profile.", m.fetch_seconds);
-    registry.register("oomsnap_capture_lead_seconds", "Time between a capture becoming durable and the OOM kill it preceded.", m.lead_seconds);
+    registry.register(
+        "oomsnap_captures",
+        "Captures taken, by reason and outcome (complete, partial, failed).",
+        m.captures,
+    );
+    registry.register(
+        "oomsnap_profile_fetch_seconds",
+        "Time to fetch and spool one profile.",
+        m.fetch_seconds,
+    );
+    registry.register(
+        "oomsnap_capture_lead_seconds",
+        "Time between a capture becoming durable and the OOM kill it preceded.",
+        m.lead_seconds,
+    );
     registry.register_collector(Box::new(StateCollector(shared.clone())));
     let app = Arc::new(App { shared, registry });
     let router = Router::new()
@@ -172,7 +276,12 @@ pub async fn spawn(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<tok
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin server listening");
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await {
+        if let Err(e) = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
             tracing::error!(error = %e, "the admin server stopped");
         }
     }))
@@ -186,10 +295,17 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         Some(d) if d <= allowed => (StatusCode::OK, "ok\n").into_response(),
         Some(d) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the watch loop has not turned for {}\n", humantime::format_duration(Duration::from_millis(d.as_millis() as u64))),
+            format!(
+                "the watch loop has not turned for {}\n",
+                humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+            ),
         )
             .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "the watch loop has not started\n").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the watch loop has not started\n",
+        )
+            .into_response(),
     }
 }
 
@@ -197,7 +313,13 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     let s = &app.shared;
     let mut missing = Vec::new();
     if s.watch.source.lock().map(|g| g.is_none()).unwrap_or(true) {
-        let why = s.watch.last_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
+        let why = s
+            .watch
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_default();
         missing.push(format!("no memory source is located yet {why}"));
     }
     if let Some(ship) = &s.shipper {
@@ -216,7 +338,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &app.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
@@ -264,12 +389,20 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
             "last_shipped": st.last_shipped.lock().map(|l| l.clone()).unwrap_or_default(),
         })
     });
-    let captures: Vec<_> = s.captures.lock().map(|c| c.iter().rev().cloned().collect()).unwrap_or_default();
+    let captures: Vec<_> = s
+        .captures
+        .lock()
+        .map(|c| c.iter().rev().cloned().collect())
+        .unwrap_or_default();
     let armed: Vec<_> = s
         .watch
         .armed
         .lock()
-        .map(|a| a.iter().map(|(t, on)| serde_json::json!({"percent": t, "armed": on})).collect())
+        .map(|a| {
+            a.iter()
+                .map(|(t, on)| serde_json::json!({"percent": t, "armed": on}))
+                .collect()
+        })
         .unwrap_or_default();
     let tunables = s.tunables.lock().ok().and_then(|t| t.clone());
     serde_json::json!({
@@ -317,7 +450,10 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(status_json(&app.shared))
 }
 
-async fn capture(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn capture(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
     let s = &app.shared;
     match s.config.admin_capture {
         AdminCapture::Off => {
@@ -334,12 +470,26 @@ async fn capture(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Soc
     }
     let (tx, rx) = oneshot::channel();
     if s.manual.try_send(ManualRequest { reply: tx }).is_err() {
-        return (StatusCode::TOO_MANY_REQUESTS, "a manual capture is already queued\n").into_response();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "a manual capture is already queued\n",
+        )
+            .into_response();
     }
     let wait = s.config.fetch_timeout * 2 + Duration::from_secs(5);
     match tokio::time::timeout(wait, rx).await {
-        Ok(Ok(Ok(key))) => (StatusCode::OK, Json(serde_json::json!({ "key": key }))).into_response(),
-        Ok(Ok(Err(why))) => (StatusCode::TOO_MANY_REQUESTS, Json(serde_json::json!({ "error": why }))).into_response(),
-        _ => (StatusCode::GATEWAY_TIMEOUT, Json(serde_json::json!({ "error": "the capture did not finish in time; see /status" }))).into_response(),
+        Ok(Ok(Ok(key))) => {
+            (StatusCode::OK, Json(serde_json::json!({ "key": key }))).into_response()
+        }
+        Ok(Ok(Err(why))) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(serde_json::json!({ "error": why })),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(serde_json::json!({ "error": "the capture did not finish in time; see /status" })),
+        )
+            .into_response(),
     }
 }

@@ -32,7 +32,15 @@ pub const RATE_BURST: &str = "oomsnap.dev/rate-burst";
 pub const RATE_PERIOD: &str = "oomsnap.dev/rate-period";
 
 /// Every tunable annotation, for the docs test.
-pub const KNOWN: &[&str] = &[ENABLED, THRESHOLDS, PROFILES, PORT, PATH, RATE_BURST, RATE_PERIOD];
+pub const KNOWN: &[&str] = &[
+    ENABLED,
+    THRESHOLDS,
+    PROFILES,
+    PORT,
+    PATH,
+    RATE_BURST,
+    RATE_PERIOD,
+];
 
 /// How often the file is re-read. The kubelet updates Downward API volumes
 /// on its sync period (about a minute), so this is never the bottleneck.
@@ -43,7 +51,9 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 pub fn parse_file(content: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in content.lines() {
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let v = v.trim();
         let value = if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
             unquote(&v[1..v.len() - 1])
@@ -165,7 +175,12 @@ pub fn apply(
         match parse_percent_list(v) {
             Ok(x) => t.thresholds = x,
             Err(e) => {
-                bad(THRESHOLDS, v, format!("expected ascending percents such as 80,90,95 ({e})"), &mut problems);
+                bad(
+                    THRESHOLDS,
+                    v,
+                    format!("expected ascending percents such as 80,90,95 ({e})"),
+                    &mut problems,
+                );
                 t.thresholds = last_good.thresholds.clone();
             }
         }
@@ -174,7 +189,12 @@ pub fn apply(
         match parse_profiles(v) {
             Ok(x) => t.profiles = x,
             Err(e) => {
-                bad(PROFILES, v, format!("expected a list such as heap,goroutine ({e})"), &mut problems);
+                bad(
+                    PROFILES,
+                    v,
+                    format!("expected a list such as heap,goroutine ({e})"),
+                    &mut problems,
+                );
                 t.profiles = last_good.profiles.clone();
             }
         }
@@ -183,7 +203,12 @@ pub fn apply(
         match v.trim().parse::<u32>() {
             Ok(n) if (1..=1000).contains(&n) => t.rate_burst = n,
             _ => {
-                bad(RATE_BURST, v, "expected a whole number from 1 to 1000".into(), &mut problems);
+                bad(
+                    RATE_BURST,
+                    v,
+                    "expected a whole number from 1 to 1000".into(),
+                    &mut problems,
+                );
                 t.rate_burst = last_good.rate_burst;
             }
         }
@@ -192,7 +217,12 @@ pub fn apply(
         match parse_duration(v) {
             Ok(d) if !d.is_zero() => t.rate_period = d,
             _ => {
-                bad(RATE_PERIOD, v, "expected a duration above zero such as 10m".into(), &mut problems);
+                bad(
+                    RATE_PERIOD,
+                    v,
+                    "expected a duration above zero such as 10m".into(),
+                    &mut problems,
+                );
                 t.rate_period = last_good.rate_period;
             }
         }
@@ -236,9 +266,16 @@ pub fn apply(
     for k in ann.keys() {
         if k.starts_with("oomsnap.dev/")
             && !KNOWN.contains(&k.as_str())
-            && !["oomsnap.dev/inject", "oomsnap.dev/status", "oomsnap.dev/container"].contains(&k.as_str())
+            && ![
+                "oomsnap.dev/inject",
+                "oomsnap.dev/status",
+                "oomsnap.dev/container",
+            ]
+            .contains(&k.as_str())
         {
-            problems.push(format!("annotation {k} is not an oomsnap tunable and is ignored"));
+            problems.push(format!(
+                "annotation {k} is not an oomsnap tunable and is ignored"
+            ));
         }
     }
     (t, problems)
@@ -295,7 +332,11 @@ impl Follower {
         }
         let prev = std::mem::replace(&mut self.current, next.clone());
         if prev.enabled != next.enabled {
-            tracing::info!(enabled = next.enabled, "captures {} by annotation", if next.enabled { "resumed" } else { "paused" });
+            tracing::info!(
+                enabled = next.enabled,
+                "captures {} by annotation",
+                if next.enabled { "resumed" } else { "paused" }
+            );
         }
         self.shared.enabled.store(next.enabled, Ordering::Relaxed);
         if let Ok(mut s) = self.shared.capture_settings.write() {
@@ -354,11 +395,16 @@ mod tests {
     use super::*;
 
     fn env() -> Config {
-        Config::from_vars(&BTreeMap::<String, String>::new()).unwrap().0
+        Config::from_vars(&BTreeMap::<String, String>::new())
+            .unwrap()
+            .0
     }
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -250,7 +250,11 @@ impl Capturer {
                 .unwrap_or_default();
             return Err(format!("the target answered HTTP {status}: {head}"));
         }
-        let file = out.insert(writer.create(&kind.file_name()).map_err(|e| e.to_string())?);
+        let file = out.insert(
+            writer
+                .create(&kind.file_name())
+                .map_err(|e| e.to_string())?,
+        );
         let mut gz = kind
             .is_binary()
             .then(|| flate2::write::GzDecoder::new(std::io::sink()));

@@ -79,7 +79,8 @@ pub async fn check(config: Config) -> Result<(), CliError> {
                         s.oom_kills.map(|k| k.to_string()).unwrap_or_else(|| "?".into()),
                     );
                     if s.limit.is_none() {
-                        problems.push("no memory limit is known: set OOMSNAP_MEMORY_LIMIT".to_string());
+                        problems
+                            .push("no memory limit is known: set OOMSNAP_MEMORY_LIMIT".to_string());
                     }
                 }
                 Err(e) => problems.push(format!("cannot read a sample: {e}")),
@@ -120,7 +121,11 @@ pub async fn check(config: Config) -> Result<(), CliError> {
         let _ = writeln!(out, "\nok");
         Ok(())
     } else {
-        Err(failed(format!("check found {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))))
+        Err(failed(format!(
+            "check found {} problem(s):\n  - {}",
+            problems.len(),
+            problems.join("\n  - ")
+        )))
     }
 }
 
@@ -140,7 +145,12 @@ pub async fn capture(config: Config) -> Result<(), CliError> {
     println!("  key  {key}");
     for p in &m.profiles {
         match &p.error {
-            None => println!("  {:<18} {:>10}  {:>8.1} ms", p.name, human_bytes(p.bytes), p.fetch_ms),
+            None => println!(
+                "  {:<18} {:>10}  {:>8.1} ms",
+                p.name,
+                human_bytes(p.bytes),
+                p.fetch_ms
+            ),
             Some(e) => println!("  {:<18} failed: {e}", p.name),
         }
     }
@@ -192,7 +202,11 @@ pub struct ReportArgs {
 
 fn store_url(arg: Option<&str>) -> String {
     arg.map(str::to_string)
-        .or_else(|| std::env::var(crate::config::STORE).ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var(crate::config::STORE)
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| crate::config::DEFAULT_STORE.to_string())
 }
 
@@ -208,7 +222,10 @@ pub struct Listed {
     pub oom: Option<OomRecord>,
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(store: &dyn ObjectStore, key: &ObjectPath) -> Result<T, String> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+) -> Result<T, String> {
     let bytes = store
         .get(key)
         .await
@@ -236,19 +253,26 @@ pub async fn list(store: &Store, prefix: &ObjectPath) -> Result<Vec<Listed>, Cli
     let mut out = Vec::new();
     for dir in manifests {
         let key = ObjectPath::from(dir.as_str());
-        let manifest: Manifest = match read_json(store.inner.as_ref(), &key.clone().join(MANIFEST_FILE)).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("skipping {dir}: {e}");
-                continue;
-            }
-        };
+        let manifest: Manifest =
+            match read_json(store.inner.as_ref(), &key.clone().join(MANIFEST_FILE)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("skipping {dir}: {e}");
+                    continue;
+                }
+            };
         let oom = if ooms.contains(&dir) {
-            read_json(store.inner.as_ref(), &key.clone().join(OOM_FILE)).await.ok()
+            read_json(store.inner.as_ref(), &key.clone().join(OOM_FILE))
+                .await
+                .ok()
         } else {
             None
         };
-        out.push(Listed { key: dir, manifest, oom });
+        out.push(Listed {
+            key: dir,
+            manifest,
+            oom,
+        });
     }
     out.sort_by(|a, b| b.manifest.capture_id.cmp(&a.manifest.capture_id));
     Ok(out)
@@ -258,7 +282,11 @@ pub async fn list(store: &Store, prefix: &ObjectPath) -> Result<Vec<Listed>, Cli
 pub async fn ls(a: LsArgs) -> Result<(), CliError> {
     let url = store_url(a.store.as_deref());
     let store = open_store(&url)?;
-    let mut prefix: Vec<String> = store.prefix.parts().map(|p| p.as_ref().to_string()).collect();
+    let mut prefix: Vec<String> = store
+        .prefix
+        .parts()
+        .map(|p| p.as_ref().to_string())
+        .collect();
     if let Some(ns) = &a.namespace {
         prefix.push(crate::keys::sanitize(ns));
         if let Some(pod) = &a.pod {
@@ -268,8 +296,9 @@ pub async fn ls(a: LsArgs) -> Result<(), CliError> {
     let since = match &a.since {
         Some(s) => Some(
             SystemTime::now()
-                - crate::config::parse_duration(s)
-                    .map_err(|e| CliError::Usage(format!("--since {s:?} is not a duration such as 2h: {e}")))?,
+                - crate::config::parse_duration(s).map_err(|e| {
+                    CliError::Usage(format!("--since {s:?} is not a duration such as 2h: {e}"))
+                })?,
         ),
         None => None,
     };
@@ -306,13 +335,20 @@ pub async fn ls(a: LsArgs) -> Result<(), CliError> {
     );
     for l in shown {
         let m = &l.manifest;
-        let time = m.decided_at.get(..19).unwrap_or(&m.decided_at).replace('T', " ");
+        let time = m
+            .decided_at
+            .get(..19)
+            .unwrap_or(&m.decided_at)
+            .replace('T', " ");
         let top = crate::summary::of(m)
             .and_then(|s| s.heap)
             .and_then(|h| h.top_flat.first().map(|f| f.function.clone()))
             .unwrap_or_else(|| "-".into());
         let oom = match &l.oom {
-            Some(o) => o.lead_seconds.map(|s| format!("+{s:.2}s")).unwrap_or_else(|| "yes".into()),
+            Some(o) => o
+                .lead_seconds
+                .map(|s| format!("+{s:.2}s"))
+                .unwrap_or_else(|| "yes".into()),
             None => "-".into(),
         };
         let _ = writeln!(
@@ -349,11 +385,21 @@ async fn resolve(capture: &str, store_arg: Option<&str>) -> Result<(Store, Objec
     let url = store_url(store_arg);
     let store = open_store(&url)?;
     let direct = ObjectPath::from(capture.trim_matches('/'));
-    if store.inner.head(&direct.clone().join(MANIFEST_FILE)).await.is_ok() {
+    if store
+        .inner
+        .head(&direct.clone().join(MANIFEST_FILE))
+        .await
+        .is_ok()
+    {
         return Ok((store, direct));
     }
     let withprefix = ObjectPath::from_iter(store.prefix.parts().chain(direct.parts()));
-    if store.inner.head(&withprefix.clone().join(MANIFEST_FILE)).await.is_ok() {
+    if store
+        .inner
+        .head(&withprefix.clone().join(MANIFEST_FILE))
+        .await
+        .is_ok()
+    {
         return Ok((store, withprefix));
     }
     let all = list(&store, &store.prefix).await?;
@@ -363,18 +409,24 @@ async fn resolve(capture: &str, store_arg: Option<&str>) -> Result<(Store, Objec
         .collect();
     match hits.as_slice() {
         [one] => Ok((store.clone(), ObjectPath::from(one.key.as_str()))),
-        [] => Err(failed(format!("no capture {capture:?} in {url}; `oomsnap ls {url}` lists them"))),
+        [] => Err(failed(format!(
+            "no capture {capture:?} in {url}; `oomsnap ls {url}` lists them"
+        ))),
         many => Err(failed(format!(
             "{capture:?} matches {} captures in {url}; give the full key: {}",
             many.len(),
-            many.iter().map(|l| l.key.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|l| l.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
 
 /// `s3://bucket/a/b` → (`s3://bucket`, `a/b`); `file:///x/y` → (`file:///`, `x/y`).
 fn split_url(url: &str) -> Result<(String, ObjectPath), CliError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| CliError::Usage(format!("{url:?} is not a URL: {e}")))?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| CliError::Usage(format!("{url:?} is not a URL: {e}")))?;
     let key = ObjectPath::from(parsed.path().trim_matches('/'));
     let base = match parsed.scheme() {
         "file" => "file:///".to_string(),
@@ -390,12 +442,18 @@ struct Progress {
 
 impl Progress {
     fn new() -> Progress {
-        Progress { on: std::io::stderr().is_terminal() }
+        Progress {
+            on: std::io::stderr().is_terminal(),
+        }
     }
     fn show(&self, name: &str, done: u64, total: u64) {
         if self.on {
-            let pct = if total > 0 { done * 100 / total } else { 100 };
-            eprint!("\r  {name:<24} {:>10} / {:<10} {pct:>3}%", human_bytes(done), human_bytes(total));
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!(
+                "\r  {name:<24} {:>10} / {:<10} {pct:>3}%",
+                human_bytes(done),
+                human_bytes(total)
+            );
         }
     }
     fn done(&self) {
@@ -410,7 +468,8 @@ pub async fn get(a: GetArgs) -> Result<(), CliError> {
     let (store, key) = resolve(&a.capture, a.store.as_deref()).await?;
     let id = key.filename().unwrap_or("capture").to_string();
     let out = a.output.clone().unwrap_or_else(|| PathBuf::from(&id));
-    std::fs::create_dir_all(&out).map_err(|e| failed(format!("cannot create {}: {e}", out.display())))?;
+    std::fs::create_dir_all(&out)
+        .map_err(|e| failed(format!("cannot create {}: {e}", out.display())))?;
     let mut objects = Vec::new();
     let mut stream = store.inner.list(Some(&key));
     while let Some(meta) = stream.next().await {
@@ -424,7 +483,8 @@ pub async fn get(a: GetArgs) -> Result<(), CliError> {
         let name = meta.location.filename().unwrap_or("object").to_string();
         let name = crate::keys::sanitize(&name);
         let dst = out.join(&name);
-        let mut file = std::fs::File::create(&dst).map_err(|e| failed(format!("cannot create {}: {e}", dst.display())))?;
+        let mut file = std::fs::File::create(&dst)
+            .map_err(|e| failed(format!("cannot create {}: {e}", dst.display())))?;
         let mut body = store
             .inner
             .get(&meta.location)
@@ -433,8 +493,10 @@ pub async fn get(a: GetArgs) -> Result<(), CliError> {
             .into_stream();
         let mut done = 0u64;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| failed(format!("download of {} broke off: {e}", meta.location)))?;
-            file.write_all(&chunk).map_err(|e| failed(format!("cannot write {}: {e}", dst.display())))?;
+            let chunk = chunk
+                .map_err(|e| failed(format!("download of {} broke off: {e}", meta.location)))?;
+            file.write_all(&chunk)
+                .map_err(|e| failed(format!("cannot write {}: {e}", dst.display())))?;
             done += chunk.len() as u64;
             progress.show(&name, done, meta.size);
         }
@@ -448,10 +510,14 @@ pub async fn get(a: GetArgs) -> Result<(), CliError> {
 pub async fn report(a: ReportArgs) -> Result<(), CliError> {
     let local = Path::new(&a.capture);
     let (m, oom, location, baseline_heap) = if local.join(MANIFEST_FILE).is_file() {
-        let m: Manifest = serde_json::from_slice(
-            &std::fs::read(local.join(MANIFEST_FILE)).map_err(failed)?,
-        )
-        .map_err(|e| failed(format!("{} is not a manifest: {e}", local.join(MANIFEST_FILE).display())))?;
+        let m: Manifest =
+            serde_json::from_slice(&std::fs::read(local.join(MANIFEST_FILE)).map_err(failed)?)
+                .map_err(|e| {
+                    failed(format!(
+                        "{} is not a manifest: {e}",
+                        local.join(MANIFEST_FILE).display()
+                    ))
+                })?;
         let oom = std::fs::read(local.join(OOM_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -465,31 +531,53 @@ pub async fn report(a: ReportArgs) -> Result<(), CliError> {
         let m: Manifest = read_json(store.inner.as_ref(), &key.clone().join(MANIFEST_FILE))
             .await
             .map_err(failed)?;
-        let oom = read_json(store.inner.as_ref(), &key.clone().join(OOM_FILE)).await.ok();
+        let oom = read_json(store.inner.as_ref(), &key.clone().join(OOM_FILE))
+            .await
+            .ok();
         let base = m.baseline.as_ref().map(|b| {
             let parent: Vec<_> = key.parts().collect();
-            let parent = ObjectPath::from_iter(parent[..parent.len().saturating_sub(1)].iter().cloned());
+            let parent =
+                ObjectPath::from_iter(parent[..parent.len().saturating_sub(1)].iter().cloned());
             format!("<download of {}>/heap.pb.gz", parent.join(b.as_str()))
         });
-        (m, oom, format!("{}/{}", store.url.trim_end_matches('/'), key), base)
+        (
+            m,
+            oom,
+            format!("{}/{}", store.url.trim_end_matches('/'), key),
+            base,
+        )
     };
-    print!("{}", render_report(&m, oom.as_ref(), &location, baseline_heap.as_deref()));
+    print!(
+        "{}",
+        render_report(&m, oom.as_ref(), &location, baseline_heap.as_deref())
+    );
     Ok(())
 }
 
 /// The report as text: pure, so tests check it.
-pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, baseline_heap: Option<&str>) -> String {
+pub fn render_report(
+    m: &Manifest,
+    oom: Option<&OomRecord>,
+    location: &str,
+    baseline_heap: Option<&str>,
+) -> String {
     let mut s = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(s, "capture   {}  ({})", m.capture_id, location);
-    let _ = writeln!(s, "pod       {}/{} container {} on {}", m.namespace, m.pod, m.container, m.node);
+    let _ = writeln!(
+        s,
+        "pod       {}/{} container {} on {}",
+        m.namespace, m.pod, m.container, m.node
+    );
     let t = &m.trigger;
     let _ = writeln!(
         s,
         "trigger   {} at {:.1}% of {} (working set {}){}",
         m.reason,
         t.percent,
-        t.limit_bytes.map(human_bytes).unwrap_or_else(|| "no limit".into()),
+        t.limit_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "no limit".into()),
         human_bytes(t.working_set_bytes),
         t.predicted_seconds_to_oom
             .map(|p| format!(", OOM predicted in {p:.2}s"))
@@ -501,7 +589,9 @@ pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, base
                 s,
                 "oom       killed at {}{}",
                 o.detected_at,
-                o.lead_seconds.map(|l| format!("; the capture was durable {l:.3}s before")).unwrap_or_default()
+                o.lead_seconds
+                    .map(|l| format!("; the capture was durable {l:.3}s before"))
+                    .unwrap_or_default()
             );
         }
         None => {
@@ -517,7 +607,9 @@ pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, base
                     "  {:<18} {:>10}  durable {:>8} after the decision",
                     p.file.as_deref().unwrap_or(&p.name),
                     human_bytes(p.bytes),
-                    p.durable_after_decision_ms.map(|d| format!("{d:.1}ms")).unwrap_or_else(|| "?".into())
+                    p.durable_after_decision_ms
+                        .map(|d| format!("{d:.1}ms"))
+                        .unwrap_or_else(|| "?".into())
                 );
             }
             Some(e) => {
@@ -528,7 +620,10 @@ pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, base
     let summary = crate::summary::of(m);
     match &summary {
         None => {
-            let _ = writeln!(s, "\n(no summary: the heap profile is missing or could not be decoded)");
+            let _ = writeln!(
+                s,
+                "\n(no summary: the heap profile is missing or could not be decoded)"
+            );
         }
         Some(sum) => {
             if let Some(v) = &sum.verdict {
@@ -536,7 +631,11 @@ pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, base
             }
             if let Some(h) = &sum.heap {
                 let _ = writeln!(s, "\nin use ({} total)", human_bytes(h.total_bytes));
-                let _ = writeln!(s, "  {:>10} {:>7} {:>10} {:>7}  function", "flat", "flat%", "cum", "cum%");
+                let _ = writeln!(
+                    s,
+                    "  {:>10} {:>7} {:>10} {:>7}  function",
+                    "flat", "flat%", "cum", "cum%"
+                );
                 for f in &h.top_flat {
                     let _ = writeln!(
                         s,
@@ -557,7 +656,11 @@ pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, base
                     human_bytes(d.base_total_bytes),
                     human_bytes(d.current_total_bytes)
                 );
-                let _ = writeln!(s, "  {:>10} {:>10} {:>10}  function", "delta", "base", "now");
+                let _ = writeln!(
+                    s,
+                    "  {:>10} {:>10} {:>10}  function",
+                    "delta", "base", "now"
+                );
                 for f in &d.top_growth {
                     let _ = writeln!(
                         s,
@@ -570,7 +673,11 @@ pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, base
                 }
             }
             if let Some(g) = &sum.goroutines {
-                let _ = writeln!(s, "\ngoroutines {} ({} distinct stacks)", g.total_goroutines, g.distinct_stacks);
+                let _ = writeln!(
+                    s,
+                    "\ngoroutines {} ({} distinct stacks)",
+                    g.total_goroutines, g.distinct_stacks
+                );
                 for st in &g.top_stacks {
                     let _ = writeln!(s, "  {:>7}  {}", st.goroutines, st.functions.join(" ← "));
                 }
@@ -589,6 +696,9 @@ pub fn render_report(m: &Manifest, oom: Option<&OomRecord>, location: &str, base
             let _ = writeln!(s, "  go tool pprof -top {location}/heap.pb.gz");
         }
     }
-    let _ = writeln!(s, "  go tool pprof -http=127.0.0.1:8080 {location}/heap.pb.gz");
+    let _ = writeln!(
+        s,
+        "  go tool pprof -http=127.0.0.1:8080 {location}/heap.pb.gz"
+    );
     s
 }

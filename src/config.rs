@@ -467,9 +467,7 @@ impl Config {
                 if v.eq_ignore_ascii_case("off") {
                     Ok(None)
                 } else {
-                    v.parse::<SocketAddr>()
-                        .map(Some)
-                        .map_err(|_| String::new())
+                    v.parse::<SocketAddr>().map(Some).map_err(|_| String::new())
                 }
             },
         );
@@ -516,12 +514,7 @@ impl Config {
                 ),
             );
         }
-        let kernel_wakeups = r.parse(
-            KERNEL_WAKEUPS,
-            true,
-            "true or false",
-            parse_bool,
-        );
+        let kernel_wakeups = r.parse(KERNEL_WAKEUPS, true, "true or false", parse_bool);
         let log_format = r.parse(
             LOG_FORMAT,
             LogFormat::Auto,
@@ -601,10 +594,7 @@ pub fn unknown_var_warnings(vars: &dyn Vars, known: &[&str]) -> Vec<String> {
     keys.into_iter()
         .filter(|k| k.starts_with("OOMSNAP_") && !known.contains(&k.as_str()))
         .map(|k| {
-            let best = known
-                .iter()
-                .map(|n| (strsim::levenshtein(&k, n), *n))
-                .min();
+            let best = known.iter().map(|n| (strsim::levenshtein(&k, n), *n)).min();
             match best {
                 Some((d, n)) if d <= 4 => {
                     format!("{k} is not an oomsnap variable and is ignored; did you mean {n}?")
@@ -776,7 +766,10 @@ mod tests {
 
     #[test]
     fn percent_lists_must_ascend() {
-        assert_eq!(parse_percent_list("80, 90,95").unwrap(), vec![80.0, 90.0, 95.0]);
+        assert_eq!(
+            parse_percent_list("80, 90,95").unwrap(),
+            vec![80.0, 90.0, 95.0]
+        );
         assert_eq!(parse_percent_list("97.5%").unwrap(), vec![97.5]);
         assert!(parse_percent_list("90,80").is_err());
         assert!(parse_percent_list("80,80").is_err());
@@ -831,8 +824,14 @@ mod tests {
             assert_eq!(err.0.len(), 1, "{var}={value}: {err}");
             let msg = err.to_string();
             assert!(msg.contains(var), "message does not name {var}: {msg}");
-            assert!(msg.contains(value), "message does not show {value:?}: {msg}");
-            assert!(msg.contains("expected"), "message says nothing expected: {msg}");
+            assert!(
+                msg.contains(value),
+                "message does not show {value:?}: {msg}"
+            );
+            assert!(
+                msg.contains("expected"),
+                "message says nothing expected: {msg}"
+            );
         }
         // And all at once:
         let many: BTreeMap<String, String> = [

@@ -125,7 +125,10 @@ mod tests {
         let k = capture_prefix(&prefix, &who("../..", "/etc/passwd"), "id");
         assert_eq!(k.as_ref(), "team/oom/___../_etc_passwd/app/id");
         assert!(k.as_ref().starts_with("team/oom/"));
-        assert_eq!(object_key(&k, "heap.pb.gz").as_ref(), "team/oom/___../_etc_passwd/app/id/heap.pb.gz");
+        assert_eq!(
+            object_key(&k, "heap.pb.gz").as_ref(),
+            "team/oom/___../_etc_passwd/app/id/heap.pb.gz"
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ use crate::trigger::Decision;
 pub enum Verdict {
     Permitted,
     /// Dropped; the quota returns after `retry_in`.
-    Dropped { retry_in: Duration },
+    Dropped {
+        retry_in: Duration,
+    },
 }
 
 type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;

@@ -55,7 +55,9 @@ impl TriggerSample {
             anon_bytes: s.anon,
             file_bytes: s.file,
             slope_bytes_per_second: d.slope.map(f64::round),
-            predicted_seconds_to_oom: d.predicted_oom_in.map(|p| (p.as_secs_f64() * 1e3).round() / 1e3),
+            predicted_seconds_to_oom: d
+                .predicted_oom_in
+                .map(|p| (p.as_secs_f64() * 1e3).round() / 1e3),
             wake: wake.map(str::to_string),
         }
     }

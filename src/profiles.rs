@@ -107,9 +107,15 @@ mod tests {
     fn urls_and_files() {
         let d = Duration::from_secs(5);
         assert_eq!(ProfileKind::Heap.url_suffix(d), "/heap");
-        assert_eq!(ProfileKind::GoroutineStacks.url_suffix(d), "/goroutine?debug=2");
+        assert_eq!(
+            ProfileKind::GoroutineStacks.url_suffix(d),
+            "/goroutine?debug=2"
+        );
         assert_eq!(ProfileKind::Cpu.url_suffix(d), "/profile?seconds=5");
         assert_eq!(ProfileKind::Heap.file_name(), "heap.pb.gz");
-        assert_eq!(ProfileKind::GoroutineStacks.file_name(), "goroutine-stacks.txt");
+        assert_eq!(
+            ProfileKind::GoroutineStacks.file_name(),
+            "goroutine-stacks.txt"
+        );
     }
 }

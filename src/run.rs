@@ -56,6 +56,9 @@ pub struct ManualRequest {
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
+/// Where a manual capture's outcome goes.
+type Reply = oneshot::Sender<Result<String, String>>;
+
 /// State shared with the admin server.
 pub struct Shared {
     pub config: Config,
@@ -93,7 +96,7 @@ struct Pipeline {
     source: Option<MemorySource>,
     restarts: u32,
     in_flight: Option<InFlight>,
-    pending: Option<(Decision, Wake, Option<oneshot::Sender<Result<String, String>>>)>,
+    pending: Option<(Decision, Wake, Option<Reply>)>,
     done_tx: mpsc::UnboundedSender<(Manifest, Result<(), String>)>,
     oom_recorded_for: Option<String>,
     last_sample: Option<Sample>,
@@ -227,7 +230,9 @@ impl Pipeline {
                 );
             }
             if let Some(r) = reply {
-                let _ = r.send(Err(format!("the capture quota is spent; it returns in {retry}")));
+                let _ = r.send(Err(format!(
+                    "the capture quota is spent; it returns in {retry}"
+                )));
             }
             return;
         }
@@ -235,8 +240,8 @@ impl Pipeline {
             return;
         };
         let id = unique_id(&spool, &keys::capture_id(d.sample.wall, &label));
-        let key =
-            keys::capture_prefix(&shipper.store.prefix, &self.shared.config.identity, &id).to_string();
+        let key = keys::capture_prefix(&shipper.store.prefix, &self.shared.config.identity, &id)
+            .to_string();
         let mut draft = self.draft(&id, &d, Some(wake));
         let writer = match spool.begin(&id, &key, &draft) {
             Ok(w) => w,
@@ -291,13 +296,17 @@ impl Pipeline {
             })
             .await
             .unwrap_or_else(|e| panic!("summary task failed: {e}"));
-            let result = Capturer::finish(writer, &m).await.map_err(|e| e.to_string());
+            let result = Capturer::finish(writer, &m)
+                .await
+                .map_err(|e| e.to_string());
             let _ = done.send((m, result));
         });
     }
 
     fn finished(&mut self, m: Manifest, result: Result<(), String>) {
-        let Some(f) = self.in_flight.take() else { return };
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
         let ok = m.profiles.iter().filter(|p| p.ok()).count();
         let failed = m.profiles.len() - ok;
         let durable_at = m.durable_at();
@@ -312,7 +321,9 @@ impl Pipeline {
             self.shared
                 .metrics
                 .fetch_seconds
-                .get_or_create(&crate::admin::ProfileLabels { profile: p.name.clone() })
+                .get_or_create(&crate::admin::ProfileLabels {
+                    profile: p.name.clone(),
+                })
                 .observe(p.fetch_ms / 1e3);
         }
         match &result {
@@ -383,18 +394,27 @@ impl Pipeline {
     }
 
     /// Writes `oom.json` beside the last capture, once per capture.
-    fn record_oom(&mut self, at: SystemTime, evidence: &str, kills: Option<u64>, last: Option<Sample>) {
+    fn record_oom(
+        &mut self,
+        at: SystemTime,
+        evidence: &str,
+        kills: Option<u64>,
+        last: Option<Sample>,
+    ) {
         if evidence == "oom_kill" {
             self.shared.oom_kills.fetch_add(1, Ordering::Relaxed);
         }
-        let last_capture = self
-            .shared
-            .captures
-            .lock()
-            .ok()
-            .and_then(|c| c.iter().rev().find(|e| e.reason != "baseline" && e.profiles_ok > 0).cloned());
+        let last_capture = self.shared.captures.lock().ok().and_then(|c| {
+            c.iter()
+                .rev()
+                .find(|e| e.reason != "baseline" && e.profiles_ok > 0)
+                .cloned()
+        });
         let Some(cap) = last_capture else {
-            tracing::warn!(evidence, "the app was OOM-killed, but no capture preceded the kill");
+            tracing::warn!(
+                evidence,
+                "the app was OOM-killed, but no capture preceded the kill"
+            );
             return;
         };
         if self.oom_recorded_for.as_deref() == Some(cap.id.as_str()) {
@@ -458,7 +478,9 @@ impl Pipeline {
                     let c = self.capturer.clone();
                     let settings = self.shared.capture_settings.read().map(|s| s.clone());
                     if let Ok(settings) = settings {
-                        tokio::spawn(async move { c.warm(&settings, settings.profiles.len()).await });
+                        tokio::spawn(
+                            async move { c.warm(&settings, settings.profiles.len()).await },
+                        );
                     }
                 }
             }
@@ -499,9 +521,11 @@ fn unique_id(spool: &Spool, id: &str) -> String {
 /// Opens the spool and the store, logging what a previous run left.
 pub fn open_storage(config: &Config) -> Result<(Spool, Store), RunError> {
     let (spool, rec) =
-        Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(|source| RunError::Spool {
-            dir: config.spool_dir.clone(),
-            source,
+        Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(|source| {
+            RunError::Spool {
+                dir: config.spool_dir.clone(),
+                source,
+            }
         })?;
     if rec.complete + rec.completed_from_draft + rec.removed_partial > 0 {
         tracing::info!(
@@ -519,10 +543,16 @@ pub fn open_storage(config: &Config) -> Result<(Spool, Store), RunError> {
 }
 
 /// Builds the shared state (the admin server reads it).
-pub fn shared(config: Config, shipper: Option<Shipper>, manual: mpsc::Sender<ManualRequest>) -> Arc<Shared> {
+pub fn shared(
+    config: Config,
+    shipper: Option<Shipper>,
+    manual: mpsc::Sender<ManualRequest>,
+) -> Arc<Shared> {
     Arc::new(Shared {
         admission: Mutex::new(Admission::new(config.rate_burst, config.rate_period)),
-        capture_settings: Arc::new(std::sync::RwLock::new(CaptureSettings::from_config(&config))),
+        capture_settings: Arc::new(std::sync::RwLock::new(CaptureSettings::from_config(
+            &config,
+        ))),
         config,
         watch: Arc::new(WatchState::default()),
         shipper,
@@ -560,7 +590,11 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
         Some(addr) => Some(
             crate::admin::spawn(addr, shared.clone())
                 .await
-                .map_err(|e| RunError::Other(format!("cannot serve the admin port {addr} (OOMSNAP_ADMIN_ADDR): {e}")))?,
+                .map_err(|e| {
+                    RunError::Other(format!(
+                        "cannot serve the admin port {addr} (OOMSNAP_ADMIN_ADDR): {e}"
+                    ))
+                })?,
         ),
         None => None,
     };
@@ -620,7 +654,8 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
     control.stop();
     // A capture under way is finished and spooled: it is the evidence.
     if p.in_flight.is_some() {
-        if let Ok(Some((m, r))) = tokio::time::timeout(config.shutdown_grace, done_rx.recv()).await {
+        if let Ok(Some((m, r))) = tokio::time::timeout(config.shutdown_grace, done_rx.recv()).await
+        {
             p.finished(m, r);
         }
     }
@@ -643,12 +678,17 @@ pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError
     let shipper = Shipper::new(store, spool.clone());
     // The memory at the moment of a manual capture is context, not a
     // precondition: capture even when nothing can be located.
-    let source = crate::memory::locate::locate(&crate::memory::locate::LocateInput::from_config(&config)).ok();
+    let source =
+        crate::memory::locate::locate(&crate::memory::locate::LocateInput::from_config(&config))
+            .ok();
     let sample = source
         .as_ref()
         .and_then(|src| src.open().ok())
         .and_then(|mut r| r.read().ok())
-        .unwrap_or_else(|| Sample { limit: None, ..Sample::synthetic(Instant::now(), 0, 0) });
+        .unwrap_or_else(|| Sample {
+            limit: None,
+            ..Sample::synthetic(Instant::now(), 0, 0)
+        });
     let d = Decision {
         reason: Reason::Manual,
         sample,
@@ -674,9 +714,14 @@ pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError
     let mut m = p.draft(&id, &d, None);
     let writer = spool
         .begin(&id, &key, &m)
-        .map_err(|source| RunError::Spool { dir: config.spool_dir.clone(), source })?;
+        .map_err(|source| RunError::Spool {
+            dir: config.spool_dir.clone(),
+            source,
+        })?;
     let settings = CaptureSettings::from_config(&config);
-    p.capturer.fetch_all(&settings, &writer, &mut m, Instant::now()).await;
+    p.capturer
+        .fetch_all(&settings, &writer, &mut m, Instant::now())
+        .await;
     crate::summary::summarise(writer.dir(), spool.dir(), &mut m, false);
     let finished = Capturer::finish(writer, &m).await;
     let bundle = spool
@@ -689,7 +734,13 @@ pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError
     shipper
         .ship_bundle(&bundle, Some(deadline))
         .await
-        .map_err(|e| RunError::Other(format!("the capture is spooled at {} but could not be shipped within {}: {e}", bundle.dir.display(), humantime::format_duration(config.shutdown_grace))))?;
+        .map_err(|e| {
+            RunError::Other(format!(
+                "the capture is spooled at {} but could not be shipped within {}: {e}",
+                bundle.dir.display(),
+                humantime::format_duration(config.shutdown_grace)
+            ))
+        })?;
     finished.map_err(|e| RunError::Other(e.to_string()))?;
     Ok((key, m))
 }

@@ -133,7 +133,11 @@ impl Shipper {
 
     /// Uploads one bundle, manifest last, retrying each object until it is
     /// stored or `deadline` passes; then removes it from the spool.
-    pub async fn ship_bundle(&self, b: &Bundle, deadline: Option<Instant>) -> Result<(), ShipError> {
+    pub async fn ship_bundle(
+        &self,
+        b: &Bundle,
+        deadline: Option<Instant>,
+    ) -> Result<(), ShipError> {
         for (file, _) in &b.files {
             let mut attempt = 0;
             loop {
@@ -234,7 +238,10 @@ impl Shipper {
             Ok(Ok(_)) => tracing::info!("all captures shipped before shutdown"),
             _ => {
                 let left = self.spool.bundles().map(|b| b.len()).unwrap_or(0);
-                tracing::warn!(left, "shutdown grace ran out; the rest stays in the spool for the next start");
+                tracing::warn!(
+                    left,
+                    "shutdown grace ran out; the rest stays in the spool for the next start"
+                );
             }
         }
     }

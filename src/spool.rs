@@ -246,7 +246,13 @@ impl Spool {
 
     /// Adds a one-file bundle (e.g. `oom.json`) that ships into an existing
     /// capture's folder.
-    pub fn add_single(&self, id: &str, key: &str, name: &str, bytes: &[u8]) -> Result<(), SpoolError> {
+    pub fn add_single(
+        &self,
+        id: &str,
+        key: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), SpoolError> {
         let partial = self.dir.join(format!("{id}{PARTIAL}"));
         fs::create_dir_all(&partial).map_err(io("create", &partial))?;
         write_atomic(&partial, KEY_FILE, key.as_bytes())?;
@@ -259,7 +265,10 @@ impl Spool {
     /// Complete bundles, oldest first.
     pub fn bundles(&self) -> Result<Vec<Bundle>, SpoolError> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))?.flatten() {
+        for entry in fs::read_dir(&self.dir)
+            .map_err(io("list", &self.dir))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             if name.ends_with(PARTIAL) || !path.is_dir() {
@@ -271,7 +280,9 @@ impl Spool {
             let mut files = Vec::new();
             let mut manifest = None;
             let mut bytes = 0;
-            let Ok(list) = fs::read_dir(&path) else { continue };
+            let Ok(list) = fs::read_dir(&path) else {
+                continue;
+            };
             for f in list.flatten() {
                 let fname = f.file_name().to_string_lossy().into_owned();
                 if fname == KEY_FILE || fname.ends_with(TMP) || fname == DRAFT_FILE {
@@ -387,7 +398,11 @@ impl SpoolFile {
     /// from a blocking task.
     pub fn commit(self) -> Result<String, SpoolError> {
         self.file.sync_all().map_err(io("fsync", &self.tmp))?;
-        let dir = self.tmp.parent().expect("spool file has a parent").to_path_buf();
+        let dir = self
+            .tmp
+            .parent()
+            .expect("spool file has a parent")
+            .to_path_buf();
         let dst = dir.join(&self.name);
         fs::rename(&self.tmp, &dst).map_err(io("rename", &self.tmp))?;
         sync_dir(&dir)?;

@@ -207,15 +207,30 @@ mod tests {
                 root: "/var/lib/x".into()
             }
         );
-        assert!(matches!(StoreUrl::parse("memory://"), Ok(StoreUrl::Memory { .. })));
+        assert!(matches!(
+            StoreUrl::parse("memory://"),
+            Ok(StoreUrl::Memory { .. })
+        ));
     }
 
     #[test]
     fn refuses_what_it_cannot_write_to() {
-        assert!(matches!(StoreUrl::parse("ftp://x"), Err(StoreError::Scheme(_))));
-        assert!(matches!(StoreUrl::parse("s3://"), Err(StoreError::NoBucket(_))));
-        assert!(matches!(StoreUrl::parse("gs:///prefix"), Err(StoreError::NoBucket(_))));
-        assert!(matches!(StoreUrl::parse("bucket/prefix"), Err(StoreError::NotAUrl(_))));
+        assert!(matches!(
+            StoreUrl::parse("ftp://x"),
+            Err(StoreError::Scheme(_))
+        ));
+        assert!(matches!(
+            StoreUrl::parse("s3://"),
+            Err(StoreError::NoBucket(_))
+        ));
+        assert!(matches!(
+            StoreUrl::parse("gs:///prefix"),
+            Err(StoreError::NoBucket(_))
+        ));
+        assert!(matches!(
+            StoreUrl::parse("bucket/prefix"),
+            Err(StoreError::NotAUrl(_))
+        ));
     }
 
     #[test]

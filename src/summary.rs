@@ -47,13 +47,15 @@ pub fn build(heap: Option<&Path>, goroutine: Option<&Path>, baseline: Option<&Pa
     let heap_p = heap.and_then(|p| decode("heap", p));
     let gor_p = goroutine.and_then(|p| decode("goroutine", p));
     let base_p = baseline.and_then(|p| decode("baseline heap", p));
-    let heap_s = heap_p.as_ref().and_then(|h| match pprof::heap_summary(h, TOP_FUNCTIONS) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            notes.push(format!("heap: {e}"));
-            None
-        }
-    });
+    let heap_s = heap_p
+        .as_ref()
+        .and_then(|h| match pprof::heap_summary(h, TOP_FUNCTIONS) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                notes.push(format!("heap: {e}"));
+                None
+            }
+        });
     let diff = match (&base_p, &heap_p) {
         (Some(b), Some(h)) => match pprof::heap_diff(b, h, TOP_FUNCTIONS) {
             Ok(d) => Some(d),
@@ -68,7 +70,9 @@ pub fn build(heap: Option<&Path>, goroutine: Option<&Path>, baseline: Option<&Pa
         }
         _ => None,
     };
-    let goroutines = gor_p.as_ref().map(|g| pprof::goroutine_summary(g, TOP_STACKS));
+    let goroutines = gor_p
+        .as_ref()
+        .map(|g| pprof::goroutine_summary(g, TOP_STACKS));
     let verdict = heap_s.as_ref().map(|h| pprof::verdict(h, diff.as_ref()));
     Summary {
         verdict,
@@ -135,7 +139,9 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/pprof").join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/pprof")
+            .join(name)
     }
 
     #[test]
@@ -146,8 +152,14 @@ mod tests {
             Some(&fixture("heap_baseline.pb.gz")),
         );
         let v = s.verdict.unwrap();
-        assert!(v.contains("main.(*leakyCache).put") && v.contains("since baseline"), "{v}");
-        assert_eq!(s.diff.unwrap().top_growth[0].function, "main.(*leakyCache).put");
+        assert!(
+            v.contains("main.(*leakyCache).put") && v.contains("since baseline"),
+            "{v}"
+        );
+        assert_eq!(
+            s.diff.unwrap().top_growth[0].function,
+            "main.(*leakyCache).put"
+        );
         assert!(s.goroutines.unwrap().total_goroutines >= 1000);
         assert!(s.notes.is_empty(), "{:?}", s.notes);
     }

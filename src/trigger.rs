@@ -142,7 +142,7 @@ impl Trigger {
                     .thresholds
                     .iter()
                     .position(|o| o == t)
-                    .map_or(true, |i| self.armed[i])
+                    .is_none_or(|i| self.armed[i])
             })
             .collect();
         self.armed = armed;
@@ -324,7 +324,10 @@ mod tests {
         let mut t = Trigger::new(policy());
         let pts: Vec<(u64, f64)> = (0..=99).map(|i| (i * 1000, i as f64)).collect();
         let fired = run(&mut t, &pts);
-        assert_eq!(labels(&fired)[..3], ["threshold-80", "threshold-90", "threshold-95"]);
+        assert_eq!(
+            labels(&fired)[..3],
+            ["threshold-80", "threshold-90", "threshold-95"]
+        );
     }
 
     #[test]
@@ -370,7 +373,10 @@ mod tests {
         let pct_at = 20.0 + 137.0 * (fired[0].0 as f64 / 1000.0);
         assert!(pct_at < 80.0, "imminent fired at {pct_at}%");
         // The rungs still fire afterwards, in order.
-        assert_eq!(labels(&fired)[1..], ["threshold-80", "threshold-90", "threshold-95"]);
+        assert_eq!(
+            labels(&fired)[1..],
+            ["threshold-80", "threshold-90", "threshold-95"]
+        );
     }
 
     #[test]
@@ -393,7 +399,10 @@ mod tests {
             (12000, 30.0), // due and healthy
         ];
         let fired = run(&mut t, &pts);
-        assert_eq!(fired, vec![(0, "baseline".into()), (12000, "baseline".into())]);
+        assert_eq!(
+            fired,
+            vec![(0, "baseline".into()), (12000, "baseline".into())]
+        );
     }
 
     #[test]

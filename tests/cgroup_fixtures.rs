@@ -8,12 +8,15 @@ use oomsnap::memory::locate::{locate, LocateError, LocateInput, Strategy};
 
 const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const V2_POD: &str = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice";
-const V2_CONTAINER: &str = "cri-containerd-3f9a1c5e7b2d4f6081a3c5e7f9b1d3e5a7c9e1f3b5d7f9a1c3e5b7d9f1a3c5e7.scope";
+const V2_CONTAINER: &str =
+    "cri-containerd-3f9a1c5e7b2d4f6081a3c5e7f9b1d3e5a7c9e1f3b5d7f9a1c3e5b7d9f1a3c5e7.scope";
 const V1_POD: &str = "kubepods/burstable/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const V1_CONTAINER: &str = "3f9a1c5e7b2d4f6081a3c5e7f9b1d3e5a7c9e1f3b5d7f9a1c3e5b7d9f1a3c5e7";
 
 fn case(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/cgroup").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/cgroup")
+        .join(name)
 }
 
 fn read(dir: &Path, fallback: Option<u64>) -> oomsnap::memory::Sample {
@@ -32,27 +35,45 @@ fn v2_containerd_container_and_its_pod() {
     assert_eq!(c.limit, Some(536870912));
     assert_eq!(c.oom_kills, Some(0));
     let p = read(&pod, None);
-    assert_eq!((p.usage, p.working_set, p.limit), (323244032, 288641024, Some(603979776)));
+    assert_eq!(
+        (p.usage, p.working_set, p.limit),
+        (323244032, 288641024, Some(603979776))
+    );
     assert_eq!(p.oom_kills, Some(1));
-    assert_eq!(CgroupReader::open(&pod, None).unwrap().version(), Version::V2);
+    assert_eq!(
+        CgroupReader::open(&pod, None).unwrap().version(),
+        Version::V2
+    );
 }
 
 #[test]
 fn v2_pod_slice() {
     let s = read(
-        &case("v2_pod_slice").join("kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice"),
+        &case("v2_pod_slice")
+            .join("kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice"),
         None,
     );
-    assert_eq!((s.usage, s.working_set, s.limit), (816082944, 753168384, Some(1073741824)));
+    assert_eq!(
+        (s.usage, s.working_set, s.limit),
+        (816082944, 753168384, Some(1073741824))
+    );
 }
 
 #[test]
 fn v1_kubepods_burstable_container() {
-    let dir = case("v1_kubepods_burstable").join(V1_POD).join(V1_CONTAINER);
+    let dir = case("v1_kubepods_burstable")
+        .join(V1_POD)
+        .join(V1_CONTAINER);
     let s = read(&dir, None);
-    assert_eq!((s.usage, s.working_set, s.limit), (172601344, 133525504, Some(536870912)));
+    assert_eq!(
+        (s.usage, s.working_set, s.limit),
+        (172601344, 133525504, Some(536870912))
+    );
     assert_eq!(s.oom_kills, Some(0));
-    assert_eq!(CgroupReader::open(&dir, None).unwrap().version(), Version::V1);
+    assert_eq!(
+        CgroupReader::open(&dir, None).unwrap().version(),
+        Version::V1
+    );
 }
 
 #[test]
@@ -99,7 +120,10 @@ fn v2_garbage_memory_current_names_the_file_and_value() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, CgroupError::Parse { .. }));
-    assert!(msg.contains("memory.current") && msg.contains("12ab34"), "{msg}");
+    assert!(
+        msg.contains("memory.current") && msg.contains("12ab34"),
+        "{msg}"
+    );
     assert!(msg.contains("expected a number of bytes"), "{msg}");
 }
 
@@ -121,10 +145,19 @@ fn v1_after_oom_kill_shows_the_counter() {
 fn a_limit_file_that_cannot_be_read_is_an_error_never_zero() {
     let d = tempfile::tempdir().unwrap();
     for f in ["memory.current", "memory.stat", "memory.events"] {
-        std::fs::copy(case("v2_pod_slice").join("kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice").join(f), d.path().join(f)).unwrap();
+        std::fs::copy(
+            case("v2_pod_slice")
+                .join("kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice")
+                .join(f),
+            d.path().join(f),
+        )
+        .unwrap();
     }
     std::fs::write(d.path().join("memory.max"), "").unwrap();
-    let err = CgroupReader::open(d.path(), None).unwrap().read().unwrap_err();
+    let err = CgroupReader::open(d.path(), None)
+        .unwrap()
+        .read()
+        .unwrap_err();
     assert!(err.to_string().contains("memory.max"), "{err}");
 }
 
@@ -148,7 +181,11 @@ fn pod_uid_finds_both_layouts() {
     })
     .unwrap();
     assert!(src.describe().ends_with(V2_CONTAINER), "{}", src.describe());
-    assert!(src.how.contains("explicit: OOMSNAP_CGROUP is not set"), "{}", src.how);
+    assert!(
+        src.how.contains("explicit: OOMSNAP_CGROUP is not set"),
+        "{}",
+        src.how
+    );
 
     // cgroupfs driver, v1 layout under <root>/memory is what nodes mount;
     // these fixtures sit directly under the root, which pod_dirs also tries.
@@ -175,7 +212,13 @@ fn nothing_found_lists_every_strategy() {
     .unwrap_err();
     assert!(matches!(err, LocateError::NotFound(_)));
     let msg = err.to_string();
-    for s in ["explicit", "target-process", "pod-uid", "own-cgroup", "process-rss"] {
+    for s in [
+        "explicit",
+        "target-process",
+        "pod-uid",
+        "own-cgroup",
+        "process-rss",
+    ] {
         assert!(msg.contains(s), "{s} missing from: {msg}");
     }
 }

@@ -60,20 +60,28 @@ fn leak_to_s3(rate: &str) {
     };
     let spool = temp_dir("e2e-spool");
     let prefix = format!("e2e-{rate}");
-    let mut leaker = Leaker::spawn(Some(&cg), &["-rate", rate, "-delay", "1500ms", "-baseline", "8"]);
+    let mut leaker = Leaker::spawn(
+        Some(&cg),
+        &["-rate", rate, "-delay", "1500ms", "-baseline", "8"],
+    );
     let (killed_at, stop_clock) = kill_clock(&cg);
     let mut env = s3.env();
     env.extend([
         ("OOMSNAP_CGROUP".into(), cg.path().display().to_string()),
         ("OOMSNAP_TARGET".into(), leaker.pprof_base()),
         ("OOMSNAP_STORE".into(), s3.store_url(&prefix)),
-        ("OOMSNAP_SPOOL_DIR".into(), spool.path().display().to_string()),
+        (
+            "OOMSNAP_SPOOL_DIR".into(),
+            spool.path().display().to_string(),
+        ),
         ("POD_NAMESPACE".into(), "e2e".into()),
         ("POD_NAME".into(), "leaky".into()),
     ]);
     let snap = Oomsnap::start(&["run"], &env);
     assert!(
-        wait_until(Duration::from_secs(90), Duration::from_millis(50), || cg.oom_kill_count() > 0),
+        wait_until(Duration::from_secs(90), Duration::from_millis(50), || cg
+            .oom_kill_count()
+            > 0),
         "the leaker was never OOM-killed; oomsnap log:\n{}",
         snap.logs()
     );
@@ -83,17 +91,30 @@ fn leak_to_s3(rate: &str) {
 
     let rt = rt();
     let ok = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-        rt.block_on(s3.list(&prefix)).iter().any(|k| k.ends_with("/oom.json"))
+        rt.block_on(s3.list(&prefix))
+            .iter()
+            .any(|k| k.ends_with("/oom.json"))
     });
     let keys = rt.block_on(s3.list(&prefix));
-    assert!(ok, "no oom.json in the bucket; keys: {keys:#?}\nlog:\n{}", snap.logs());
+    assert!(
+        ok,
+        "no oom.json in the bucket; keys: {keys:#?}\nlog:\n{}",
+        snap.logs()
+    );
     let oom_key = keys.iter().find(|k| k.ends_with("/oom.json")).unwrap();
     let folder = oom_key.trim_end_matches("/oom.json");
-    assert!(folder.starts_with(&format!("{prefix}/e2e/leaky/app/")), "{folder}");
+    assert!(
+        folder.starts_with(&format!("{prefix}/e2e/leaky/app/")),
+        "{folder}"
+    );
     for f in ["heap.pb.gz", "goroutine.pb.gz", "manifest.json"] {
-        assert!(keys.contains(&format!("{folder}/{f}")), "{f} missing from {keys:#?}");
+        assert!(
+            keys.contains(&format!("{folder}/{f}")),
+            "{f} missing from {keys:#?}"
+        );
     }
-    let manifest: Manifest = serde_json::from_slice(&rt.block_on(s3.get(&format!("{folder}/manifest.json")))).unwrap();
+    let manifest: Manifest =
+        serde_json::from_slice(&rt.block_on(s3.get(&format!("{folder}/manifest.json")))).unwrap();
     let oom: OomRecord = serde_json::from_slice(&rt.block_on(s3.get(oom_key))).unwrap();
     let dir = temp_dir("e2e-heap");
     for f in ["heap.pb.gz", "goroutine.pb.gz"] {
@@ -101,10 +122,18 @@ fn leak_to_s3(rate: &str) {
         assert_eq!(&bytes[..2], &[0x1f, 0x8b], "{f} is not gzip");
         oomsnap::pprof::decode(&bytes).unwrap_or_else(|e| panic!("{f}: {e}"));
         std::fs::write(dir.path().join(f), bytes).unwrap();
-        let rec = manifest.profiles.iter().find(|p| p.file.as_deref() == Some(f)).unwrap();
-        let durable = oomsnap::manifest::parse_timestamp(rec.durable_at.as_deref().unwrap()).unwrap();
+        let rec = manifest
+            .profiles
+            .iter()
+            .find(|p| p.file.as_deref() == Some(f))
+            .unwrap();
+        let durable =
+            oomsnap::manifest::parse_timestamp(rec.durable_at.as_deref().unwrap()).unwrap();
         let lead = kill.duration_since(durable).unwrap_or_else(|e| {
-            panic!("{f} became durable {:?} AFTER the kill; manifest: {manifest:#?}", e.duration())
+            panic!(
+                "{f} became durable {:?} AFTER the kill; manifest: {manifest:#?}",
+                e.duration()
+            )
         });
         eprintln!(
             "rate {rate}: {f} durable {:.1} ms after the decision at {:.1}% ({}), {:.3} s before the kill",
@@ -116,7 +145,10 @@ fn leak_to_s3(rate: &str) {
     }
     assert!(oom.lead_seconds.unwrap() > 0.0, "{oom:?}");
     let top = pprof_top(&dir.path().join("heap.pb.gz"));
-    assert!(top.contains("main.(*leakyCache).put"), "the leak is not in the heap profile:\n{top}");
+    assert!(
+        top.contains("main.(*leakyCache).put"),
+        "the leak is not in the heap profile:\n{top}"
+    );
     drop(snap);
 }
 
@@ -145,7 +177,10 @@ fn manual_capture_ships_to_azurite() {
     env.extend([
         ("OOMSNAP_TARGET".into(), leaker.pprof_base()),
         ("OOMSNAP_STORE".into(), az.store_url("az-e2e")),
-        ("OOMSNAP_SPOOL_DIR".into(), spool.path().display().to_string()),
+        (
+            "OOMSNAP_SPOOL_DIR".into(),
+            spool.path().display().to_string(),
+        ),
         ("OOMSNAP_MEMORY_LIMIT".into(), "1Gi".into()),
         ("OOMSNAP_TARGET_PROCESS".into(), "leaky".into()),
         ("POD_NAMESPACE".into(), "azns".into()),
@@ -159,11 +194,18 @@ fn manual_capture_ships_to_azurite() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "capture failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "capture failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("key  az-e2e/azns/azpod/app/"), "{stdout}");
     let rt = rt();
     let keys = rt.block_on(az.list("az-e2e"));
-    let manifest = keys.iter().find(|k| k.ends_with("/manifest.json")).expect("manifest in Azurite");
+    let manifest = keys
+        .iter()
+        .find(|k| k.ends_with("/manifest.json"))
+        .expect("manifest in Azurite");
     let folder = manifest.trim_end_matches("/manifest.json");
     for f in ["heap.pb.gz", "goroutine.pb.gz"] {
         let bytes = rt.block_on(az.get(&format!("{folder}/{f}")));
@@ -171,5 +213,8 @@ fn manual_capture_ships_to_azurite() {
     }
     let m: Manifest = serde_json::from_slice(&rt.block_on(az.get(manifest))).unwrap();
     assert_eq!(m.reason, "manual");
-    assert!(m.source.is_some(), "the manifest does not say where the memory was read");
+    assert!(
+        m.source.is_some(),
+        "the manifest does not say where the memory was read"
+    );
 }

@@ -49,10 +49,22 @@ fn bad_target() -> (String, Arc<AtomicBool>) {
                     let _ = c.write_all(body);
                 };
                 match path.as_str() {
-                    "/debug/pprof/heap" => reply(&mut c, "404 Not Found", "text/html", b"<html><body>404 page not found</body></html>"),
-                    "/debug/pprof/goroutine" => reply(&mut c, "200 OK", "application/octet-stream", &good),
+                    "/debug/pprof/heap" => reply(
+                        &mut c,
+                        "404 Not Found",
+                        "text/html",
+                        b"<html><body>404 page not found</body></html>",
+                    ),
+                    "/debug/pprof/goroutine" => {
+                        reply(&mut c, "200 OK", "application/octet-stream", &good)
+                    }
                     // A gzip stream cut short, with a length that matches the cut.
-                    "/debug/pprof/allocs" => reply(&mut c, "200 OK", "application/octet-stream", &heap[..heap.len() - 12]),
+                    "/debug/pprof/allocs" => reply(
+                        &mut c,
+                        "200 OK",
+                        "application/octet-stream",
+                        &heap[..heap.len() - 12],
+                    ),
                     // Headers, then nothing: hangs past the timeout.
                     "/debug/pprof/block" => {
                         let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
@@ -64,7 +76,9 @@ fn bad_target() -> (String, Arc<AtomicBool>) {
                     "/debug/pprof/mutex" => {
                         let _ = write!(c, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
                         let mut enc = flate2::write::GzEncoder::new(c, flate2::Compression::none());
-                        let junk: Vec<u8> = (0..64u32 << 10).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+                        let junk: Vec<u8> = (0..64u32 << 10)
+                            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+                            .collect();
                         for _ in 0..64 {
                             if enc.write_all(&junk).is_err() {
                                 break;
@@ -73,7 +87,11 @@ fn bad_target() -> (String, Arc<AtomicBool>) {
                     }
                     // Announces more than the cap.
                     "/debug/pprof/threadcreate" => {
-                        let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 64u64 << 20);
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            64u64 << 20
+                        );
                         let _ = c.write_all(&[0x1f, 0x8b]);
                     }
                     _ => reply(&mut c, "200 OK", "text/plain", b"ok"),
@@ -93,7 +111,10 @@ fn each_bad_profile_is_recorded_and_the_rest_still_ships() {
         .arg("capture")
         .env_clear()
         .env("OOMSNAP_TARGET", &target)
-        .env("OOMSNAP_PROFILES", "heap,goroutine,allocs,block,mutex,threadcreate")
+        .env(
+            "OOMSNAP_PROFILES",
+            "heap,goroutine,allocs,block,mutex,threadcreate",
+        )
         .env("OOMSNAP_FETCH_TIMEOUT", "1500ms")
         .env("OOMSNAP_MAX_PROFILE_BYTES", "1MiB")
         .env("OOMSNAP_STORE", format!("file://{}", store.display()))
@@ -102,7 +123,11 @@ fn each_bad_profile_is_recorded_and_the_rest_still_ships() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let manifest = find(&store, "manifest.json").expect("a manifest in the store");
     let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     let err = |name: &str| {
@@ -132,7 +157,10 @@ fn each_bad_profile_is_recorded_and_the_rest_still_ships() {
         .collect();
     files.sort();
     assert_eq!(files, vec!["goroutine.pb.gz", "manifest.json"]);
-    assert!(stdout.contains("heap") && stdout.contains("failed"), "{stdout}");
+    assert!(
+        stdout.contains("heap") && stdout.contains("failed"),
+        "{stdout}"
+    );
 }
 
 fn find(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -169,7 +197,9 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (mut c1, mut s1) = (client, server);
                 std::thread::spawn(move || {
@@ -216,13 +246,19 @@ fn rig(prefix: &str, extra: &[(&str, &str)]) -> Option<Rig> {
         .into_iter()
         .filter(|(k, _)| k != "AWS_ENDPOINT")
         .collect();
-    env.push(("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{}", proxy.port)));
+    env.push((
+        "AWS_ENDPOINT".into(),
+        format!("http://127.0.0.1:{}", proxy.port),
+    ));
     let cgroup = manifest_dir().join("tests/data/cgroup/v2_pod_slice/kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice");
     env.extend([
         ("OOMSNAP_CGROUP".into(), cgroup.display().to_string()),
         ("OOMSNAP_TARGET".into(), leaker.pprof_base()),
         ("OOMSNAP_STORE".into(), s3.store_url(prefix)),
-        ("OOMSNAP_SPOOL_DIR".into(), spool.path().display().to_string()),
+        (
+            "OOMSNAP_SPOOL_DIR".into(),
+            spool.path().display().to_string(),
+        ),
         ("OOMSNAP_RATE_BURST".into(), "20".into()),
     ]);
     for (k, v) in extra {
@@ -249,7 +285,10 @@ fn bundles(spool: &Path) -> Vec<String> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn manifests(r: &Rig, rt: &tokio::runtime::Runtime, prefix: &str) -> Vec<String> {
@@ -265,10 +304,23 @@ fn store_down_at_capture_time_ships_everything_when_it_returns() {
     let snap = Oomsnap::start(&["run"], &r.env);
     let (code, body) = snap.capture();
     assert_eq!(code, 200, "{body}\n{}", snap.logs());
-    assert_eq!(bundles(r.spool.path()).len(), 1, "the capture must wait in the spool");
-    assert!(wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        metric(&snap.get("/metrics").1, "oomsnap_uploads_total{outcome=\"error\"}").unwrap_or(0.0) >= 1.0
-    }));
+    assert_eq!(
+        bundles(r.spool.path()).len(),
+        1,
+        "the capture must wait in the spool"
+    );
+    assert!(wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            metric(
+                &snap.get("/metrics").1,
+                "oomsnap_uploads_total{outcome=\"error\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        }
+    ));
     assert!(snap.logs().contains("upload failed"), "{}", snap.logs());
     let (_, ready) = snap.get("/readyz");
     assert!(ready.contains("has not answered"), "{ready}");
@@ -276,14 +328,28 @@ fn store_down_at_capture_time_ships_everything_when_it_returns() {
     r.proxy.set_up(true);
     let rt = rt();
     assert!(
-        wait_until(Duration::from_secs(45), Duration::from_millis(200), || manifests(&r, &rt, "outage").len() == 1),
+        wait_until(
+            Duration::from_secs(45),
+            Duration::from_millis(200),
+            || manifests(&r, &rt, "outage").len() == 1
+        ),
         "nothing shipped after the store came back:\n{}",
         snap.logs()
     );
-    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), || bundles(r.spool.path()).is_empty()));
+    assert!(wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || bundles(r.spool.path()).is_empty()
+    ));
     let keys = rt.block_on(r.s3.list("outage"));
-    assert_eq!(keys.iter().filter(|k| k.ends_with(".pb.gz")).count(), 2, "{keys:#?}");
-    assert!(snap.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(".pb.gz")).count(),
+        2,
+        "{keys:#?}"
+    );
+    assert!(snap
+        .terminate(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
@@ -300,7 +366,9 @@ fn sigkill_between_spool_and_upload_ships_exactly_once_after_restart() {
     let snap = Oomsnap::start(&["run"], &r.env);
     let rt = rt();
     assert!(
-        wait_until(Duration::from_secs(30), Duration::from_millis(100), || bundles(r.spool.path()).is_empty()),
+        wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            bundles(r.spool.path()).is_empty()
+        }),
         "the leftover bundle was not shipped:\n{}",
         snap.logs()
     );
@@ -308,13 +376,19 @@ fn sigkill_between_spool_and_upload_ships_exactly_once_after_restart() {
     let m = manifests(&r, &rt, "sigkill");
     assert_eq!(m.len(), 1, "{keys:#?}");
     assert!(m[0].contains(&spooled[0]), "{m:?} vs {spooled:?}");
-    assert_eq!(keys.len(), 3, "heap, goroutine, manifest and nothing else: {keys:#?}");
+    assert_eq!(
+        keys.len(),
+        3,
+        "heap, goroutine, manifest and nothing else: {keys:#?}"
+    );
     assert!(snap.logs().contains("spool recovered"), "{}", snap.logs());
 }
 
 #[test]
 fn a_full_spool_drops_the_oldest_and_keeps_the_newest() {
-    let Some(r) = rig("full", &[("OOMSNAP_SPOOL_MAX_BYTES", "20KiB")]) else { return };
+    let Some(r) = rig("full", &[("OOMSNAP_SPOOL_MAX_BYTES", "20KiB")]) else {
+        return;
+    };
     let snap = Oomsnap::start(&["run"], &r.env);
     let mut keys = Vec::new();
     for _ in 0..5 {
@@ -326,14 +400,28 @@ fn a_full_spool_drops_the_oldest_and_keeps_the_newest() {
     let left = bundles(r.spool.path());
     assert!(left.len() < 5 && !left.is_empty(), "{left:?}");
     let newest: serde_json::Value = serde_json::from_str(keys.last().unwrap()).unwrap();
-    let newest = newest["key"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
-    assert_eq!(left.last(), Some(&newest), "the newest capture must be kept");
+    let newest = newest["key"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        left.last(),
+        Some(&newest),
+        "the newest capture must be kept"
+    );
     let dropped = metric(&snap.get("/metrics").1, "oomsnap_spool_dropped_total").unwrap();
     assert_eq!(dropped as usize, 5 - left.len());
     assert!(snap.logs().contains("the spool is full"), "{}", snap.logs());
 
     r.proxy.set_up(true);
     let rt = rt();
-    assert!(wait_until(Duration::from_secs(45), Duration::from_millis(200), || bundles(r.spool.path()).is_empty()));
+    assert!(wait_until(
+        Duration::from_secs(45),
+        Duration::from_millis(200),
+        || bundles(r.spool.path()).is_empty()
+    ));
     assert_eq!(manifests(&r, &rt, "full").len(), left.len());
 }

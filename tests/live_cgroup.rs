@@ -56,10 +56,16 @@ fn locates_the_cgroup_by_path_and_by_the_leakers_port() {
     };
     // Found through /proc/<pid>/root/sys/fs/cgroup/memory/…: the same files.
     assert_eq!(
-        std::fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap().trim(),
+        std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
         LIMIT.to_string()
     );
-    assert!(dir.ends_with(cg.path().file_name().unwrap()), "{}", dir.display());
+    assert!(
+        dir.ends_with(cg.path().file_name().unwrap()),
+        "{}",
+        dir.display()
+    );
 }
 
 struct Run {
@@ -69,9 +75,17 @@ struct Run {
 
 /// Runs the watcher over a leak until the OOM kill; every event is stamped
 /// with the cgroup's oom_kill count at the moment it was received.
-fn watch_until_oom(kernel_wakeups: bool, poll: Duration, rate_mib: u32, lead: Duration) -> Option<Run> {
+fn watch_until_oom(
+    kernel_wakeups: bool,
+    poll: Duration,
+    rate_mib: u32,
+    lead: Duration,
+) -> Option<Run> {
     let cg = setup()?;
-    let mut leaker = Leaker::spawn(Some(&cg), &["-rate", &rate_mib.to_string(), "-delay", "300ms"]);
+    let mut leaker = Leaker::spawn(
+        Some(&cg),
+        &["-rate", &rate_mib.to_string(), "-delay", "300ms"],
+    );
     let cfg = WatchConfig {
         locate: LocateInput {
             cgroup: Some(cg.path().into()),
@@ -104,7 +118,10 @@ fn watch_until_oom(kernel_wakeups: bool, poll: Duration, rate_mib: u32, lead: Du
     control.stop();
     thread.join().unwrap();
     assert!(killed, "no OOM kill within 60 s; events: {events:?}");
-    assert!(leaker.wait_exit(Duration::from_secs(5)).is_some(), "the leaker survived");
+    assert!(
+        leaker.wait_exit(Duration::from_secs(5)).is_some(),
+        "the leaker survived"
+    );
     Some(Run {
         events,
         rate_bytes_per_s: rate_mib as f64 * (1 << 20) as f64,
@@ -141,7 +158,11 @@ fn ladder_fires_80_90_95_in_order_before_the_oom_kill_on_kernel_wakeups() {
     assert_eq!(rungs, vec![80.0, 90.0, 95.0], "events: {:?}", run.events);
     for (p, d, wake, kills) in &t {
         assert_eq!(*kills, 0, "threshold-{p} arrived after the kill");
-        assert_eq!(*wake, Wake::Kernel, "threshold-{p} was not woken by the kernel");
+        assert_eq!(
+            *wake,
+            Wake::Kernel,
+            "threshold-{p} was not woken by the kernel"
+        );
         let late = overshoot_ms(*p, d, run.rate_bytes_per_s);
         eprintln!("eventfd path: threshold-{p} read {late:.2} ms of leak past the rung");
         // A loose bound: the eventfd fires at the crossing; the figure is
@@ -156,7 +177,11 @@ fn polling_alone_is_later_than_the_kernel_wakeup() {
         return;
     };
     let t = thresholds(&run);
-    assert!(!t.is_empty(), "no threshold decision; events: {:?}", run.events);
+    assert!(
+        !t.is_empty(),
+        "no threshold decision; events: {:?}",
+        run.events
+    );
     for (p, d, wake, kills) in &t {
         assert_eq!(*wake, Wake::Poll);
         assert_eq!(*kills, 0, "threshold-{p} arrived after the kill");
@@ -167,7 +192,8 @@ fn polling_alone_is_later_than_the_kernel_wakeup() {
 
 #[test]
 fn a_fast_leak_fires_imminent_below_the_first_rung() {
-    let Some(run) = watch_until_oom(true, Duration::from_millis(2), 128, Duration::from_secs(2)) else {
+    let Some(run) = watch_until_oom(true, Duration::from_millis(2), 128, Duration::from_secs(2))
+    else {
         return;
     };
     let first = run

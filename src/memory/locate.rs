@@ -219,7 +219,14 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
     // 1. Explicit.
     if let Some(dir) = &input.cgroup {
         return match usable(dir, fallback) {
-            Ok(v) => Ok(source(dir.clone(), v, Strategy::Explicit, None, input, &tried)),
+            Ok(v) => Ok(source(
+                dir.clone(),
+                v,
+                Strategy::Explicit,
+                None,
+                input,
+                &tried,
+            )),
             Err(why) => Err(LocateError::Explicit {
                 dir: dir.clone(),
                 why,
@@ -235,8 +242,10 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
         Ok(pid) => match proc::cgroup_paths(Some(pid.pid)) {
             Err(e) => tried.note(Strategy::TargetProcess, e),
             Ok(paths) => {
-                let mut candidates =
-                    under(&PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", pid.pid)), &paths);
+                let mut candidates = under(
+                    &PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", pid.pid)),
+                    &paths,
+                );
                 candidates.extend(under(&input.cgroup_root, &paths));
                 let mut why = Vec::new();
                 for dir in candidates {
@@ -261,7 +270,11 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
                 }
                 tried.note(
                     Strategy::TargetProcess,
-                    format!("pid {} found, but its cgroup is not usable: {}", pid.pid, why.join("; ")),
+                    format!(
+                        "pid {} found, but its cgroup is not usable: {}",
+                        pid.pid,
+                        why.join("; ")
+                    ),
                 );
             }
         },
@@ -376,7 +389,9 @@ mod tests {
             "/r/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e_2d.slice"
         )));
         assert!(d.contains(&PathBuf::from("/r/memory/kubepods/burstable/pod0f1e-2d")));
-        assert!(d.contains(&PathBuf::from("/r/kubepods.slice/kubepods-pod0f1e_2d.slice")));
+        assert!(d.contains(&PathBuf::from(
+            "/r/kubepods.slice/kubepods-pod0f1e_2d.slice"
+        )));
     }
 
     #[test]

@@ -204,10 +204,13 @@ impl RssReader {
 
     pub fn read(&mut self) -> Result<Sample, ProcError> {
         let at = Instant::now();
-        let n = self.file.read_at(&mut self.buf, 0).map_err(|source| ProcError::Io {
-            file: self.path.clone(),
-            source,
-        })?;
+        let n = self
+            .file
+            .read_at(&mut self.buf, 0)
+            .map_err(|source| ProcError::Io {
+                file: self.path.clone(),
+                source,
+            })?;
         if n == 0 {
             // An exited process's statm reads empty.
             return Err(ProcError::Io {

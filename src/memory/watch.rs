@@ -418,7 +418,10 @@ fn run(
 
         // Find the source when we have none.
         let Some(loc) = located.as_mut() else {
-            match locate(&cfg.locate).map_err(|e| e.to_string()).and_then(|s| open(s, &cfg, &policy)) {
+            match locate(&cfg.locate)
+                .map_err(|e| e.to_string())
+                .and_then(|s| open(s, &cfg, &policy))
+            {
                 Ok(l) => {
                     tracing::info!(
                         source = %l.source.describe(),
@@ -503,7 +506,13 @@ fn run(
         }
         if let Ok(mut a) = state.armed.lock() {
             a.clear();
-            a.extend(policy.thresholds.iter().copied().zip(trigger.armed().iter().copied()));
+            a.extend(
+                policy
+                    .thresholds
+                    .iter()
+                    .copied()
+                    .zip(trigger.armed().iter().copied()),
+            );
         }
 
         // A target restart (new PID) may move its cgroup: locate again.
@@ -513,7 +522,11 @@ fn run(
                 if !proc::alive(pid) {
                     restarts += 1;
                     state.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(pid = pid.pid, restarts, "the target process exited; locating it again");
+                    tracing::warn!(
+                        pid = pid.pid,
+                        restarts,
+                        "the target process exited; locating it again"
+                    );
                     let _ = tx.send(WatchEvent::Restarted {
                         old_pid: pid.pid,
                         new_pid: None,
@@ -567,7 +580,10 @@ mod tests {
     fn a_steep_slope_shortens_the_interval() {
         // 50 points away at 137 %/s: a rung in ~365 ms, so poll every ~36 ms.
         let d = poll_interval(30.0, Some(80.0), Some(137.0), MIN, MAX);
-        assert!(d < Duration::from_millis(40) && d > Duration::from_millis(30), "{d:?}");
+        assert!(
+            d < Duration::from_millis(40) && d > Duration::from_millis(30),
+            "{d:?}"
+        );
     }
 
     #[test]

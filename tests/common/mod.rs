@@ -1249,7 +1249,11 @@ impl Oomsnap {
         let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
             http_get(&format!("http://{}/healthz", me.admin)).is_ok()
         });
-        assert!(up, "oomsnap did not serve its admin port; log:\n{}", me.logs());
+        assert!(
+            up,
+            "oomsnap did not serve its admin port; log:\n{}",
+            me.logs()
+        );
         me
     }
 
