@@ -601,6 +601,7 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
     let follower = crate::annotations::Follower::load(shared.clone());
     let mut watch_config = WatchConfig::from_config(&config);
     watch_config.policy = follower.policy();
+    let watch_config_thresholds = watch_config.policy.thresholds.clone();
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     let (control, watch_thread) = watch::spawn(watch_config, watch_tx, shared.watch.clone())
@@ -626,7 +627,7 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
         .map_err(|e| RunError::Other(format!("cannot install the SIGTERM handler: {e}")))?;
     tracing::info!(
         mode = ?mode,
-        thresholds = ?config.thresholds,
+        thresholds = ?watch_config_thresholds,
         profiles = ?config.profiles.iter().map(|k| k.name()).collect::<Vec<_>>(),
         store = %config.store,
         spool = %config.spool_dir.display(),

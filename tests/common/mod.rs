@@ -1327,3 +1327,54 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+// ---------------------------------------------------------------------------
+// A cgroup v2 directory whose numbers the test writes
+// ---------------------------------------------------------------------------
+
+/// A directory with the v2 memory files, in the kernel's formats, whose
+/// `memory.current` the test sets: drives the watcher deterministically
+/// without a kernel memory controller.
+pub struct FakeCgroup {
+    dir: tempfile::TempDir,
+    pub limit: u64,
+}
+
+impl FakeCgroup {
+    pub fn new(limit: u64, percent: f64) -> FakeCgroup {
+        let dir = temp_dir("fake-cgroup");
+        let f = FakeCgroup { dir, limit };
+        fs::write(f.path().join("memory.max"), format!("{limit}\n")).unwrap();
+        fs::write(
+            f.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+        )
+        .unwrap();
+        f.set(percent);
+        f
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sets the usage to `percent` of the limit (no inactive file).
+    pub fn set(&self, percent: f64) {
+        let bytes = (self.limit as f64 * percent / 100.0) as u64 / 4096 * 4096;
+        fs::write(
+            self.path().join("memory.stat"),
+            format!("anon {bytes}\nfile 0\nkernel 0\ninactive_anon {bytes}\nactive_anon 0\ninactive_file 0\nactive_file 0\n"),
+        )
+        .unwrap();
+        fs::write(self.path().join("memory.current"), format!("{bytes}\n")).unwrap();
+    }
+
+    /// Counts an OOM kill the way the kernel would.
+    pub fn oom_kill(&self, n: u64) {
+        fs::write(
+            self.path().join("memory.events"),
+            format!("low 0\nhigh 0\nmax 3\noom {n}\noom_kill {n}\noom_group_kill 0\n"),
+        )
+        .unwrap();
+    }
+}
