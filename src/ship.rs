@@ -106,13 +106,14 @@ impl Shipper {
                 path: path.clone(),
                 source,
             })?;
-        // 5 MiB is S3's smallest multipart part: the least memory that still
-        // lets large files go up in parts.
+        // One part in flight at a time, each the smallest the store
+        // accepts: a 256 MiB dump must not cost the sidecar 8 parts of RAM.
         let mut w = object_store::buffered::BufWriter::with_capacity(
             self.store.inner.clone(),
             key.clone(),
-            5 << 20,
-        );
+            self.store.part_size,
+        )
+        .with_max_concurrency(1);
         let store_err = |e: std::io::Error| ShipError::Store {
             key: key.to_string(),
             source: object_store::Error::Generic {

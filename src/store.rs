@@ -125,6 +125,9 @@ pub struct Store {
     pub inner: Arc<dyn ObjectStore>,
     pub prefix: ObjectPath,
     pub url: String,
+    /// Upload buffer per part: S3 and GCS refuse multipart parts under
+    /// 5 MiB; the others take small parts, so uploads cost less memory.
+    pub part_size: usize,
 }
 
 impl Store {
@@ -166,10 +169,15 @@ impl Store {
             ),
             StoreUrl::Memory { .. } => Arc::new(object_store::memory::InMemory::new()),
         };
+        let part_size = match parsed {
+            StoreUrl::S3 { .. } | StoreUrl::Gcs { .. } => 5 << 20,
+            _ => 1 << 20,
+        };
         Ok(Store {
             inner,
             prefix: parsed.prefix(),
             url: url.to_string(),
+            part_size,
         })
     }
 }
