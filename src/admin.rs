@@ -88,8 +88,9 @@ impl std::fmt::Debug for Shared {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
+struct DropLabels {
     reason: String,
+    cause: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,20 +126,20 @@ impl Collector for StateCollector {
             gauge(
                 &mut enc,
                 "oomsnap_memory_working_set_bytes",
-                "Working set of the watched memory (usage minus inactive file).",
+                "Working set of the watched memory (usage minus inactive file)",
                 l.working_set as f64,
             )?;
             gauge(
                 &mut enc,
                 "oomsnap_memory_usage_bytes",
-                "Usage of the watched memory.",
+                "Usage of the watched memory",
                 l.usage as f64,
             )?;
             if let Some(limit) = l.limit {
                 gauge(
                     &mut enc,
                     "oomsnap_memory_limit_bytes",
-                    "The memory limit that triggers the OOM killer.",
+                    "The memory limit that triggers the OOM killer",
                     limit as f64,
                 )?;
             }
@@ -146,31 +147,31 @@ impl Collector for StateCollector {
         counter(
             &mut enc,
             "oomsnap_memory_samples",
-            "Memory samples read.",
+            "Memory samples read",
             s.watch.samples.load(Ordering::Relaxed),
         )?;
         counter(
             &mut enc,
             "oomsnap_kernel_wakeups",
-            "Wake-ups by kernel notification (eventfd, inotify).",
+            "Wake-ups by kernel notification (eventfd, inotify)",
             s.watch.kernel_wakes.load(Ordering::Relaxed),
         )?;
         counter(
             &mut enc,
             "oomsnap_target_restarts",
-            "Restarts of the target process seen.",
+            "Restarts of the target process seen",
             s.watch.restarts.load(Ordering::Relaxed),
         )?;
         gauge(
             &mut enc,
             "oomsnap_poll_interval_seconds",
-            "The current poll interval.",
+            "The current poll interval",
             s.watch.interval_ms.load(Ordering::Relaxed) as f64 / 1e3,
         )?;
         counter(
             &mut enc,
             "oomsnap_oom_kills",
-            "OOM kills of the target confirmed by the kernel's counter.",
+            "OOM kills of the target confirmed by the kernel's counter",
             s.oom_kills.load(Ordering::Relaxed),
         )?;
 
@@ -178,19 +179,20 @@ impl Collector for StateCollector {
             let dropped = ConstCounter::new(0u64);
             let mut fam = enc.encode_descriptor(
                 "oomsnap_captures_dropped",
-                "Capture decisions not taken, by reason of the decision (quota spent, paused, superseded).",
+                "Capture decisions not taken, by the decision's reason and the cause (quota, paused, superseded, shutdown)",
                 None,
                 dropped.metric_type(),
             )?;
-            for (reason, n) in a.dropped() {
-                ConstCounter::new(*n).encode(fam.encode_family(&ReasonLabel {
+            for ((reason, cause), n) in a.dropped() {
+                ConstCounter::new(*n).encode(fam.encode_family(&DropLabels {
                     reason: reason.clone(),
+                    cause: cause.clone(),
                 })?)?;
             }
             gauge(
                 &mut enc,
                 "oomsnap_quota_remaining_captures",
-                "Captures left in the burst as of the last decision.",
+                "Captures left in the burst as of the last decision",
                 a.remaining() as f64,
             )?;
         }
@@ -199,7 +201,7 @@ impl Collector for StateCollector {
             let c = ConstCounter::new(0u64);
             let mut fam = enc.encode_descriptor(
                 "oomsnap_uploads",
-                "Object uploads, by outcome.",
+                "Object uploads, by outcome",
                 None,
                 c.metric_type(),
             )?;
@@ -216,19 +218,25 @@ impl Collector for StateCollector {
             counter(
                 &mut enc,
                 "oomsnap_uploaded_bytes",
-                "Bytes uploaded to the store.",
+                "Bytes uploaded to the store",
                 st.bytes_uploaded.load(Ordering::Relaxed),
             )?;
             gauge(
                 &mut enc,
                 "oomsnap_spool_bytes",
-                "Bytes waiting in the spool.",
+                "Bytes waiting in the spool",
                 ship.spool.usage_bytes() as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "oomsnap_spool_limit_bytes",
+                "The spool's bound (OOMSNAP_SPOOL_MAX_BYTES)",
+                ship.spool.max_bytes() as f64,
             )?;
             counter(
                 &mut enc,
                 "oomsnap_spool_dropped",
-                "Bundles dropped because the spool was full.",
+                "Bundles dropped because the spool was full",
                 ship.spool.dropped(),
             )?;
         }
@@ -250,17 +258,17 @@ pub async fn spawn(
     let m = shared.metrics.clone();
     registry.register(
         "oomsnap_captures",
-        "Captures taken, by reason and outcome (complete, partial, failed).",
+        "Captures taken, by reason and outcome (complete, partial, failed)",
         m.captures,
     );
     registry.register(
         "oomsnap_profile_fetch_seconds",
-        "Time to fetch and spool one profile.",
+        "Time to fetch and spool one profile",
         m.fetch_seconds,
     );
     registry.register(
         "oomsnap_capture_lead_seconds",
-        "Time between a capture becoming durable and the OOM kill it preceded.",
+        "Time between a capture becoming durable and the OOM kill it preceded",
         m.lead_seconds,
     );
     registry.register_collector(Box::new(StateCollector(shared.clone())));
@@ -289,8 +297,8 @@ pub async fn spawn(
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
     let s = &app.shared;
-    // A few poll intervals, but never less than two seconds.
-    let allowed = (s.config.poll_max * 4).max(Duration::from_secs(2));
+    // A few poll intervals, and never less than a few locate retries.
+    let allowed = (s.config.poll_max * 4).max(crate::memory::watch::LOCATE_BACKOFF_MAX * 3);
     match s.watch.since_tick() {
         Some(d) if d <= allowed => (StatusCode::OK, "ok\n").into_response(),
         Some(d) => (
@@ -363,7 +371,7 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
                     "period": humantime::format_duration(a.period()).to_string(),
                     "remaining": a.remaining(),
                 }),
-                serde_json::to_value(a.dropped()).unwrap_or_default(),
+                serde_json::to_value(a.dropped_by_cause()).unwrap_or_default(),
             )
         })
         .unwrap_or_default();
@@ -476,7 +484,8 @@ async fn capture(
         )
             .into_response();
     }
-    let wait = s.config.fetch_timeout * 2 + Duration::from_secs(5);
+    // Long enough for a cpu profile, a full fetch and the spool.
+    let wait = s.config.fetch_timeout * 2 + s.config.cpu_profile_duration + Duration::from_secs(5);
     match tokio::time::timeout(wait, rx).await {
         Ok(Ok(Ok(key))) => {
             (StatusCode::OK, Json(serde_json::json!({ "key": key }))).into_response()

@@ -31,6 +31,14 @@ pub const PATH: &str = "oomsnap.dev/path";
 pub const RATE_BURST: &str = "oomsnap.dev/rate-burst";
 pub const RATE_PERIOD: &str = "oomsnap.dev/rate-period";
 
+/// Annotations the injector reads when it patches a pod; not live tunables.
+pub const INJECTOR_ONLY: &[&str] = &[
+    "oomsnap.dev/inject",
+    "oomsnap.dev/status",
+    "oomsnap.dev/container",
+    "oomsnap.dev/memory-limit",
+];
+
 /// Every tunable annotation, for the docs test.
 pub const KNOWN: &[&str] = &[
     ENABLED,
@@ -266,12 +274,7 @@ pub fn apply(
     for k in ann.keys() {
         if k.starts_with("oomsnap.dev/")
             && !KNOWN.contains(&k.as_str())
-            && ![
-                "oomsnap.dev/inject",
-                "oomsnap.dev/status",
-                "oomsnap.dev/container",
-            ]
-            .contains(&k.as_str())
+            && !INJECTOR_ONLY.contains(&k.as_str())
         {
             problems.push(format!(
                 "annotation {k} is not an oomsnap tunable and is ignored"

@@ -435,6 +435,15 @@ fn split_url(url: &str) -> Result<(String, ObjectPath), CliError> {
     Ok((base, key))
 }
 
+/// The URL of a key: the store's bucket (its prefix is part of the key).
+fn object_url(store: &Store, key: &ObjectPath) -> String {
+    match reqwest::Url::parse(&store.url) {
+        Ok(u) if u.scheme() == "file" => format!("{}/{key}", store.url.trim_end_matches('/')),
+        Ok(u) => format!("{}://{}/{key}", u.scheme(), u.host_str().unwrap_or("")),
+        Err(_) => key.to_string(),
+    }
+}
+
 /// Prints a one-line progress on a terminal.
 struct Progress {
     on: bool,
@@ -540,12 +549,7 @@ pub async fn report(a: ReportArgs) -> Result<(), CliError> {
                 ObjectPath::from_iter(parent[..parent.len().saturating_sub(1)].iter().cloned());
             format!("<download of {}>/heap.pb.gz", parent.join(b.as_str()))
         });
-        (
-            m,
-            oom,
-            format!("{}/{}", store.url.trim_end_matches('/'), key),
-            base,
-        )
+        (m, oom, object_url(&store, &key), base)
     };
     print!(
         "{}",

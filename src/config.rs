@@ -86,13 +86,13 @@ pub const HYSTERESIS: &str = "OOMSNAP_HYSTERESIS";
 pub const LEAD_TIME: &str = "OOMSNAP_LEAD_TIME";
 /// Baseline heap refresh interval; `0` disables. Default `1h`.
 pub const BASELINE_EVERY: &str = "OOMSNAP_BASELINE_EVERY";
-/// Near-OOM captures allowed in a burst. Default `3`.
+/// Near-OOM captures allowed in a burst. Default `4`.
 pub const RATE_BURST: &str = "OOMSNAP_RATE_BURST";
 /// One capture of quota comes back every period. Default `10m`.
 pub const RATE_PERIOD: &str = "OOMSNAP_RATE_PERIOD";
 /// Profiles of each capture. Default `heap,goroutine`.
 pub const PROFILES: &str = "OOMSNAP_PROFILES";
-/// Seconds a `cpu` profile runs. Default `5s`.
+/// How long a `cpu` profile runs (whole seconds, at least 1). Default `5s`.
 pub const CPU_PROFILE_DURATION: &str = "OOMSNAP_CPU_PROFILE_DURATION";
 /// Per-profile fetch timeout. Default `10s`.
 pub const FETCH_TIMEOUT: &str = "OOMSNAP_FETCH_TIMEOUT";
@@ -171,7 +171,9 @@ pub const DEFAULT_THRESHOLDS: &[f64] = &[80.0, 90.0, 95.0];
 pub const DEFAULT_HYSTERESIS: f64 = 5.0;
 pub const DEFAULT_LEAD_TIME: Duration = Duration::from_secs(2);
 pub const DEFAULT_BASELINE_EVERY: Duration = Duration::from_secs(3600);
-pub const DEFAULT_RATE_BURST: u32 = 3;
+/// One climb decides up to four captures (imminent and three rungs); a
+/// burst of four lets the one closest to the OOM through.
+pub const DEFAULT_RATE_BURST: u32 = 4;
 pub const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(600);
 pub const DEFAULT_PROFILES: &[ProfileKind] = &[ProfileKind::Heap, ProfileKind::Goroutine];
 pub const DEFAULT_CPU_PROFILE_DURATION: Duration = Duration::from_secs(5);
@@ -341,15 +343,6 @@ impl Reader<'_> {
         )
     }
 
-    fn size(&mut self, var: &str, default: u64) -> u64 {
-        self.parse(
-            var,
-            default,
-            "a size such as 268435456, 512Mi or 256MiB",
-            parse_size,
-        )
-    }
-
     fn error(&mut self, var: &str, value: &str, expected: impl Into<String>) {
         self.errors.push(ConfigError {
             var: var.into(),
@@ -446,7 +439,12 @@ impl Config {
                 d => Ok(d),
             },
         );
-        let max_profile_bytes = r.size(MAX_PROFILE_BYTES, DEFAULT_MAX_PROFILE_BYTES);
+        let max_profile_bytes = r.parse(
+            MAX_PROFILE_BYTES,
+            DEFAULT_MAX_PROFILE_BYTES,
+            "a size above zero such as 256MiB",
+            nonzero_size,
+        );
         let store = r.parse(
             STORE,
             DEFAULT_STORE.to_string(),
@@ -454,7 +452,12 @@ impl Config {
             |v| crate::store::StoreUrl::parse(v).map(|_| v.to_string()).map_err(|e| e.to_string()),
         );
         let spool_dir = PathBuf::from(r.raw(SPOOL_DIR).unwrap_or(DEFAULT_SPOOL_DIR.into()));
-        let spool_max_bytes = r.size(SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES);
+        let spool_max_bytes = r.parse(
+            SPOOL_MAX_BYTES,
+            DEFAULT_SPOOL_MAX_BYTES,
+            "a size above zero such as 1GiB",
+            nonzero_size,
+        );
         let annotations_file = PathBuf::from(
             r.raw(ANNOTATIONS_FILE)
                 .unwrap_or(DEFAULT_ANNOTATIONS_FILE.into()),
@@ -504,13 +507,23 @@ impl Config {
             },
         );
         if poll_min > poll_max {
-            let v = r.raw(POLL_MIN).unwrap_or_default();
+            // Name the variable the user set; both may be.
+            let (var, other, bound) = match r.raw(POLL_MIN) {
+                Some(_) => (POLL_MIN, POLL_MAX, poll_max),
+                None => (POLL_MAX, POLL_MIN, poll_min),
+            };
+            let v = r.raw(var).unwrap_or_default();
+            let rel = if var == POLL_MIN {
+                "no longer"
+            } else {
+                "no shorter"
+            };
             r.error(
-                POLL_MIN,
+                var,
                 &v,
                 format!(
-                    "a duration no longer than {POLL_MAX} ({})",
-                    humantime::format_duration(poll_max)
+                    "a duration {rel} than {other} ({})",
+                    humantime::format_duration(bound)
                 ),
             );
         }
@@ -658,6 +671,13 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
     }
 }
 
+fn nonzero_size(v: &str) -> Result<u64, String> {
+    match parse_size(v)? {
+        0 => Err("it must be above zero".into()),
+        n => Ok(n),
+    }
+}
+
 /// A percent between 0 and 100, optionally written with `%`.
 pub fn parse_percent(v: &str) -> Result<f64, String> {
     let p: f64 = v
@@ -746,7 +766,7 @@ mod tests {
         let (c, w) = Config::from_vars(&vars(&[])).unwrap();
         assert_eq!(c.thresholds, vec![80.0, 90.0, 95.0]);
         assert_eq!(c.target_port, 6060);
-        assert_eq!(c.rate_burst, 3);
+        assert_eq!(c.rate_burst, 4);
         assert_eq!(c.profiles, vec![ProfileKind::Heap, ProfileKind::Goroutine]);
         assert_eq!(c.store, DEFAULT_STORE);
         assert!(w.is_empty());
@@ -802,6 +822,8 @@ mod tests {
             (FETCH_TIMEOUT, "0"),
             (MAX_PROFILE_BYTES, "big"),
             (SPOOL_MAX_BYTES, "1Zi"),
+            (SPOOL_MAX_BYTES, "0"),
+            (MAX_PROFILE_BYTES, "0B"),
             (MEMORY_LIMIT, "0"),
             (MEMORY_LIMIT, "lots"),
             (TARGET, "ftp://x/debug/pprof"),
@@ -851,5 +873,10 @@ mod tests {
     fn poll_bounds_must_be_ordered() {
         let err = Config::from_vars(&vars(&[(POLL_MIN, "1s"), (POLL_MAX, "10ms")])).unwrap_err();
         assert!(err.to_string().contains(POLL_MIN));
+        let err = Config::from_vars(&vars(&[(POLL_MAX, "1ms")])).unwrap_err();
+        assert!(
+            err.to_string().contains("OOMSNAP_POLL_MAX=\"1ms\""),
+            "{err}"
+        );
     }
 }

@@ -36,7 +36,9 @@ pub struct Admission<C: Clock = DefaultClock> {
     burst: u32,
     period: Duration,
     remaining: u32,
-    dropped: BTreeMap<String, u64>,
+    /// Drops by (decision reason, cause): `quota`, `paused`, `superseded`,
+    /// `shutdown`.
+    dropped: BTreeMap<(String, String), u64>,
     permitted: u64,
     last_drop_log: Option<C::Instant>,
 }
@@ -93,7 +95,10 @@ impl<C: Clock + Clone> Admission<C> {
             }
             Err(not_until) => {
                 self.remaining = 0;
-                *self.dropped.entry(d.reason.label()).or_default() += 1;
+                *self
+                    .dropped
+                    .entry((d.reason.label(), "quota".into()))
+                    .or_default() += 1;
                 Verdict::Dropped {
                     retry_in: not_until.wait_time_from(self.clock.now()),
                 }
@@ -101,10 +106,14 @@ impl<C: Clock + Clone> Admission<C> {
         }
     }
 
-    /// Counts a decision dropped for another cause (a capture already
-    /// running, captures paused), so every decision is accounted for.
-    pub fn count_drop(&mut self, label: &str) {
-        *self.dropped.entry(label.to_string()).or_default() += 1;
+    /// Counts a decision dropped for another cause (captures paused, a
+    /// newer decision superseded it, shutdown), so every decision is
+    /// accounted for.
+    pub fn count_drop(&mut self, reason: &str, cause: &str) {
+        *self
+            .dropped
+            .entry((reason.to_string(), cause.to_string()))
+            .or_default() += 1;
     }
 
     /// True at most once per period, so drops are logged without flooding.
@@ -136,8 +145,17 @@ impl<C: Clock + Clone> Admission<C> {
         self.period
     }
 
-    pub fn dropped(&self) -> &BTreeMap<String, u64> {
+    pub fn dropped(&self) -> &BTreeMap<(String, String), u64> {
         &self.dropped
+    }
+
+    /// Drops per cause, summed over reasons.
+    pub fn dropped_by_cause(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for ((_, cause), n) in &self.dropped {
+            *m.entry(cause.clone()).or_default() += n;
+        }
+        m
     }
 
     pub fn permitted(&self) -> u64 {
@@ -174,7 +192,12 @@ mod tests {
             panic!("fourth capture should be dropped")
         };
         assert!(retry_in <= Duration::from_secs(600) && retry_in > Duration::from_secs(590));
-        assert_eq!(a.dropped().get("threshold-80"), Some(&1));
+        assert_eq!(
+            a.dropped()
+                .get(&("threshold-80".to_string(), "quota".to_string())),
+            Some(&1)
+        );
+        assert_eq!(a.dropped_by_cause().get("quota"), Some(&1));
         assert_eq!(a.remaining(), 0);
 
         clock.advance(Duration::from_secs(600));

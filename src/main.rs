@@ -94,7 +94,10 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("oomsnap inject: {e}");
-                    ExitCode::FAILURE
+                    match e {
+                        oomsnap::inject::InjectError::Config(_) => ExitCode::from(2),
+                        _ => ExitCode::FAILURE,
+                    }
                 }
             }
         }
@@ -147,7 +150,10 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("oomsnap: {e}");
-                    ExitCode::FAILURE
+                    match e {
+                        oomsnap::run::RunError::Config(_) => ExitCode::from(2),
+                        _ => ExitCode::FAILURE,
+                    }
                 }
             }
         }

@@ -53,11 +53,12 @@ pub struct CaptureEntry {
 
 /// A manual capture request; the reply is the capture's key or why not.
 pub struct ManualRequest {
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub reply: Reply,
 }
 
 /// Where a manual capture's outcome goes.
-type Reply = oneshot::Sender<Result<String, String>>;
+/// The key of the capture, or an HTTP status and why not.
+pub type Reply = oneshot::Sender<Result<String, (u16, String)>>;
 
 /// State shared with the admin server.
 pub struct Shared {
@@ -79,12 +80,16 @@ pub struct Shared {
 
 const RECENT: usize = 32;
 
+/// Without a kernel OOM counter, a restart this soon after a near-OOM
+/// capture is recorded as the kill it most likely was.
+const RESTART_EVIDENCE_WINDOW: Duration = Duration::from_secs(120);
+
 struct InFlight {
     id: String,
     key: String,
     reason: Reason,
     percent: f64,
-    reply: Option<oneshot::Sender<Result<String, String>>>,
+    reply: Option<Reply>,
 }
 
 /// The running pipeline.
@@ -100,6 +105,8 @@ struct Pipeline {
     done_tx: mpsc::UnboundedSender<(Manifest, Result<(), String>)>,
     oom_recorded_for: Option<String>,
     last_sample: Option<Sample>,
+    /// Set when the watcher cannot go on; stops the run.
+    fatal: Option<String>,
 }
 
 /// Errors that stop the sidecar at start.
@@ -115,6 +122,9 @@ pub enum RunError {
         url: String,
         source: crate::store::StoreError,
     },
+    /// The configuration cannot work; exit code 2.
+    #[error("{0}")]
+    Config(String),
     #[error("{0}")]
     Other(String),
 }
@@ -150,6 +160,7 @@ impl Pipeline {
                     Wake::Kernel => "kernel",
                     Wake::Poll => "poll",
                     Wake::Start => "start",
+                    Wake::Manual => "manual",
                 }),
             ),
             decided_at: manifest::timestamp(d.sample.wall),
@@ -161,12 +172,7 @@ impl Pipeline {
         }
     }
 
-    fn decide(
-        &mut self,
-        d: Decision,
-        wake: Wake,
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    ) {
+    fn decide(&mut self, d: Decision, wake: Wake, reply: Option<Reply>) {
         let label = d.reason.label();
         if self.mode == Mode::Watch {
             tracing::info!(
@@ -181,7 +187,7 @@ impl Pipeline {
         }
         if !self.shared.enabled.load(Ordering::Relaxed) && d.reason != Reason::Manual {
             if let Ok(mut a) = self.shared.admission.lock() {
-                a.count_drop("paused");
+                a.count_drop(&label, "paused");
             }
             tracing::info!(reason = %label, "capture skipped: oomsnap.dev/enabled is false");
             return;
@@ -189,12 +195,12 @@ impl Pipeline {
         if self.in_flight.is_some() {
             if let Some((old, _, old_reply)) = self.pending.take() {
                 if let Ok(mut a) = self.shared.admission.lock() {
-                    a.count_drop("superseded");
+                    a.count_drop(&old.reason.label(), "superseded");
                 }
                 if let Some(r) = old_reply {
-                    let _ = r.send(Err(format!(
-                        "superseded by a newer {} capture",
-                        d.reason.label()
+                    let _ = r.send(Err((
+                        409,
+                        format!("superseded by a newer {} capture", d.reason.label()),
                     )));
                 }
                 tracing::debug!(old = %old.reason.label(), new = %label, "a newer decision replaced the queued one");
@@ -205,12 +211,7 @@ impl Pipeline {
         self.start(d, wake, reply);
     }
 
-    fn start(
-        &mut self,
-        d: Decision,
-        wake: Wake,
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    ) {
+    fn start(&mut self, d: Decision, wake: Wake, reply: Option<Reply>) {
         let label = d.reason.label();
         let (verdict, log, left) = match self.shared.admission.lock() {
             Ok(mut a) => {
@@ -230,8 +231,9 @@ impl Pipeline {
                 );
             }
             if let Some(r) = reply {
-                let _ = r.send(Err(format!(
-                    "the capture quota is spent; it returns in {retry}"
+                let _ = r.send(Err((
+                    429,
+                    format!("the capture quota is spent; it returns in {retry}"),
                 )));
             }
             return;
@@ -251,7 +253,7 @@ impl Pipeline {
                     p.push(format!("spool: {e}"));
                 }
                 if let Some(r) = reply {
-                    let _ = r.send(Err(e.to_string()));
+                    let _ = r.send(Err((507, e.to_string())));
                 }
                 return;
             }
@@ -377,7 +379,7 @@ impl Pipeline {
         if let Some(r) = f.reply {
             let _ = r.send(match &result {
                 Ok(()) => Ok(f.key.clone()),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err((502, e.clone())),
             });
         }
         if let Some(spool) = &self.spool {
@@ -417,6 +419,13 @@ impl Pipeline {
             );
             return;
         };
+        let recent = cap
+            .durable_at
+            .and_then(|d| at.duration_since(d).ok())
+            .is_some_and(|age| age <= RESTART_EVIDENCE_WINDOW);
+        if evidence == "restart" && !recent {
+            return;
+        }
         if self.oom_recorded_for.as_deref() == Some(cap.id.as_str()) {
             return;
         }
@@ -484,6 +493,9 @@ impl Pipeline {
                     }
                 }
             }
+            WatchEvent::Fatal(why) => {
+                self.fatal = Some(why);
+            }
             WatchEvent::Lost { why } => {
                 tracing::warn!(%why, "memory source lost");
             }
@@ -492,7 +504,13 @@ impl Pipeline {
             } => {
                 self.restarts = restarts;
                 tracing::warn!(old_pid, restarts, "the target restarted");
-                self.record_oom(SystemTime::now(), "restart", None, self.last_sample);
+                // With a cgroup, the kernel's counter says whether the
+                // restart was an OOM kill; only without one is a restart
+                // soon after a near-OOM capture taken as the kill.
+                let last = self.shared.watch.last.lock().ok().and_then(|l| *l);
+                if last.is_some_and(|s| s.oom_kills.is_none()) {
+                    self.record_oom(SystemTime::now(), "restart", None, last);
+                }
             }
             WatchEvent::Decision { decision, wake } => {
                 self.last_sample = Some(decision.sample);
@@ -584,7 +602,7 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
     let stop_ship = Arc::new(Notify::new());
     let ship_task = shipper
         .clone()
-        .map(|s| tokio::spawn(s.run(stop_ship.clone(), config.shutdown_grace)));
+        .map(|s| tokio::spawn(s.run(stop_ship.clone())));
 
     let admin_task = match config.admin_addr {
         Some(addr) => Some(
@@ -621,6 +639,7 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
         done_tx,
         oom_recorded_for: None,
         last_sample: None,
+        fatal: None,
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -635,16 +654,21 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
     );
     loop {
         tokio::select! {
-            Some(ev) = watch_rx.recv() => p.event(ev),
+            Some(ev) = watch_rx.recv() => {
+                p.event(ev);
+                if p.fatal.is_some() {
+                    break;
+                }
+            }
             Some((m, r)) = done_rx.recv() => p.finished(m, r),
             Some(req) = manual_rx.recv() => {
                 let sample = shared.watch.last.lock().ok().and_then(|s| *s)
                     .unwrap_or_else(|| Sample { limit: None, ..Sample::synthetic(Instant::now(), 0, 0) });
                 let d = Decision { reason: Reason::Manual, sample: Sample { at: Instant::now(), wall: SystemTime::now(), ..sample }, slope: None, predicted_oom_in: None };
                 if mode == Mode::Watch {
-                    let _ = req.reply.send(Err("oomsnap runs in watch mode and takes no captures".into()));
+                    let _ = req.reply.send(Err((409, "oomsnap runs in watch mode and takes no captures".into())));
                 } else {
-                    p.decide(d, Wake::Start, Some(req.reply));
+                    p.decide(d, Wake::Manual, Some(req.reply));
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping captures, finishing uploads"); break; }
@@ -652,30 +676,57 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
         }
     }
 
+    // One grace for everything: the capture under way (it is the evidence),
+    // then as many uploads as fit.
+    let deadline = Instant::now() + config.shutdown_grace;
     control.stop();
-    // A capture under way is finished and spooled: it is the evidence.
+    if let Some((d, _, reply)) = p.pending.take() {
+        if let Ok(mut a) = shared.admission.lock() {
+            a.count_drop(&d.reason.label(), "shutdown");
+        }
+        if let Some(r) = reply {
+            let _ = r.send(Err((503, "oomsnap is shutting down".into())));
+        }
+    }
     if p.in_flight.is_some() {
-        if let Ok(Some((m, r))) = tokio::time::timeout(config.shutdown_grace, done_rx.recv()).await
-        {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Some((m, r))) = tokio::time::timeout(left, done_rx.recv()).await {
+            p.pending = None;
             p.finished(m, r);
         }
     }
     stop_ship.notify_waiters();
     stop_ship.notify_one();
     if let Some(t) = ship_task {
-        let _ = tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), t).await;
+        let _ = t.await;
+    }
+    if let Some(s) = &shared.shipper {
+        s.finish(deadline.saturating_duration_since(Instant::now()))
+            .await;
     }
     if let Some(t) = admin_task {
         t.abort();
     }
     annotations_task.abort();
     let _ = tokio::task::spawn_blocking(move || watch_thread.join()).await;
-    Ok(())
+    match p.fatal {
+        Some(why) => Err(RunError::Config(why)),
+        None => Ok(()),
+    }
 }
 
 /// `oomsnap capture`: one manual capture, shipped at once. Returns the key.
 pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError> {
-    let (spool, store) = open_storage(&config)?;
+    let spool = Spool::attach(&config.spool_dir, config.spool_max_bytes).map_err(|source| {
+        RunError::Spool {
+            dir: config.spool_dir.clone(),
+            source,
+        }
+    })?;
+    let store = Store::open(&config.store).map_err(|source| RunError::Store {
+        url: config.store.clone(),
+        source,
+    })?;
     let shipper = Shipper::new(store, spool.clone());
     // The memory at the moment of a manual capture is context, not a
     // precondition: capture even when nothing can be located.
@@ -711,6 +762,7 @@ pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError
         done_tx: mpsc::unbounded_channel().0,
         oom_recorded_for: None,
         last_sample: None,
+        fatal: None,
     };
     let mut m = p.draft(&id, &d, None);
     let writer = spool

@@ -132,8 +132,10 @@ impl Shipper {
         Ok(n)
     }
 
-    /// Uploads one bundle, manifest last, retrying each object until it is
-    /// stored or `deadline` passes; then removes it from the spool.
+    /// Uploads one bundle, manifest last, then removes it from the spool.
+    /// Each object gets a few attempts with backoff; if they all fail the
+    /// bundle stays in the spool for the next pass, so one bundle the store
+    /// keeps refusing never blocks newer captures.
     pub async fn ship_bundle(
         &self,
         b: &Bundle,
@@ -149,41 +151,31 @@ impl Shipper {
                         self.stats.store_answered.store(true, Ordering::Relaxed);
                         break;
                     }
-                    Err(ShipError::Read { path, source })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        // Dropped by the spool bound while we worked.
-                        return Err(ShipError::Read { path, source });
-                    }
+                    // Dropped by the spool bound while we worked.
+                    Err(e @ ShipError::Read { .. }) => return Err(e),
                     Err(e) => {
                         self.stats.objects_failed.fetch_add(1, Ordering::Relaxed);
-                        let delay = backoff(attempt, fastrand::f64());
-                        if attempt == 0 || attempt.is_power_of_two() {
-                            tracing::warn!(
-                                bundle = %b.id,
-                                file = %file,
-                                attempt = attempt + 1,
-                                retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-                                error = %e,
-                                "upload failed; the capture stays in the spool and will be retried"
-                            );
-                        }
                         if let Ok(mut l) = self.stats.last_error.lock() {
                             *l = Some(e.to_string());
                         }
+                        attempt += 1;
+                        if attempt >= ATTEMPTS_PER_PASS {
+                            return Err(e);
+                        }
+                        let delay = backoff(attempt - 1, fastrand::f64());
                         if deadline.is_some_and(|d| Instant::now() + delay > d) {
                             return Err(ShipError::Shutdown);
                         }
                         tokio::time::sleep(delay).await;
-                        attempt += 1;
                     }
                 }
             }
         }
-        self.spool.remove(b).map_err(|e| ShipError::Read {
-            path: b.dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        if let Err(e) = self.spool.remove(b) {
+            // Stored, but the local copy lingers: it will be uploaded again
+            // under the same keys, which is harmless.
+            tracing::error!(bundle = %b.id, error = %e, "shipped, but cannot remove the local copy");
+        }
         self.stats.bundles_shipped.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = self.stats.last_shipped.lock() {
             l.push(b.key.clone());
@@ -194,59 +186,94 @@ impl Shipper {
         Ok(())
     }
 
-    /// Ships every bundle now in the spool, newest first: the capture
-    /// closest to the OOM matters most when the store is slow.
+    /// One pass over the spool, newest first: the capture closest to the
+    /// OOM matters most when the store is slow. Returns how many bundles
+    /// shipped, or the last error when any failed.
     pub async fn drain(&self, deadline: Option<Instant>) -> Result<usize, ShipError> {
+        let bundles = match self.spool.bundles() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the spool");
+                return Ok(0);
+            }
+        };
         let mut shipped = 0;
-        loop {
-            let bundles = match self.spool.bundles() {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot list the spool");
-                    return Ok(shipped);
-                }
-            };
-            let Some(b) = bundles.last() else {
-                return Ok(shipped);
-            };
+        let mut failed = None;
+        for b in bundles.iter().rev() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ShipError::Shutdown);
+            }
             match self.ship_bundle(b, deadline).await {
                 Ok(()) => shipped += 1,
-                Err(ShipError::Read { .. }) => continue,
-                Err(e) => return Err(e),
+                Err(ShipError::Read { .. }) => {}
+                Err(ShipError::Shutdown) => return Err(ShipError::Shutdown),
+                Err(e) => {
+                    tracing::warn!(
+                        bundle = %b.id,
+                        error = %e,
+                        "upload failed; the capture stays in the spool and will be retried"
+                    );
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(shipped),
+        }
+    }
+
+    /// Ships until `stop` fires; the caller then runs [`Shipper::finish`]
+    /// with what is left of the shutdown grace.
+    pub async fn run(self, stop: Arc<Notify>) {
+        if let Err(e) = self.probe().await {
+            tracing::warn!(store = %self.store.url, error = %e, "the store does not answer yet; captures will wait in the spool");
+        }
+        let mut failures: u32 = 0;
+        loop {
+            let pass = tokio::select! {
+                r = self.drain(None) => r,
+                _ = stop.notified() => break,
+            };
+            let wait = match pass {
+                Ok(_) => {
+                    failures = 0;
+                    Duration::from_secs(5)
+                }
+                Err(_) => {
+                    failures += 1;
+                    backoff(failures, fastrand::f64())
+                }
+            };
+            // A new capture wakes us at once; otherwise retry after `wait`.
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.notified() => break,
             }
         }
     }
 
-    /// Runs until `stop` fires, then keeps shipping for `grace` and leaves
-    /// the rest in the spool.
-    pub async fn run(self, stop: Arc<Notify>, grace: Duration) {
-        if let Err(e) = self.probe().await {
-            tracing::warn!(store = %self.store.url, error = %e, "the store does not answer yet; captures will wait in the spool");
-        }
-        loop {
-            tokio::select! {
-                _ = self.drain(None) => {}
-                _ = stop.notified() => break,
-            }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = stop.notified() => break,
-            }
-        }
+    /// The shutdown pass: ship what fits in `grace`, leave the rest.
+    pub async fn finish(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         match tokio::time::timeout(grace, self.drain(Some(deadline))).await {
-            Ok(Ok(_)) => tracing::info!("all captures shipped before shutdown"),
+            Ok(Ok(_)) if self.spool.bundles().map(|b| b.is_empty()).unwrap_or(false) => {
+                tracing::info!("all captures shipped before shutdown")
+            }
             _ => {
                 let left = self.spool.bundles().map(|b| b.len()).unwrap_or(0);
                 tracing::warn!(
                     left,
-                    "shutdown grace ran out; the rest stays in the spool for the next start"
+                    "shutdown: captures not yet shipped stay in the spool for the next start"
                 );
             }
         }
     }
 }
+
+/// Attempts per object in one pass before moving on to other bundles.
+pub const ATTEMPTS_PER_PASS: u32 = 3;
 
 #[cfg(test)]
 mod tests {

@@ -114,14 +114,21 @@ pub struct Spool {
 impl Spool {
     /// Opens (creating) the spool and recovers what a crash left.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, Recovery), SpoolError> {
+        let spool = Spool::attach(dir, max_bytes)?;
+        let rec = spool.recover()?;
+        Ok((spool, rec))
+    }
+
+    /// Opens the spool without recovery: for `oomsnap capture`, which may
+    /// share the spool with a running sidecar whose half-written bundle is
+    /// not a crash's leftover.
+    pub fn attach(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
         fs::create_dir_all(dir).map_err(io("create", dir))?;
-        let spool = Spool {
+        Ok(Spool {
             dir: dir.to_path_buf(),
             max_bytes,
             dropped: Arc::new(AtomicU64::new(0)),
-        };
-        let rec = spool.recover()?;
-        Ok((spool, rec))
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -231,12 +238,14 @@ impl Spool {
     pub fn begin(&self, id: &str, key: &str, draft: &Manifest) -> Result<BundleWriter, SpoolError> {
         let partial = self.dir.join(format!("{id}{PARTIAL}"));
         fs::create_dir_all(&partial).map_err(io("create", &partial))?;
-        fs::write(partial.join(KEY_FILE), key).map_err(io("write", &partial))?;
         let bytes = serde_json::to_vec(draft).map_err(|source| SpoolError::Json {
             path: partial.join(DRAFT_FILE),
             source,
         })?;
-        fs::write(partial.join(DRAFT_FILE), bytes).map_err(io("write", &partial))?;
+        // Both durable before any profile: recovery needs them to complete
+        // a bundle whose profiles made it to disk.
+        write_atomic(&partial, KEY_FILE, key.as_bytes())?;
+        write_atomic(&partial, DRAFT_FILE, &bytes)?;
         Ok(BundleWriter {
             id: id.to_string(),
             partial,

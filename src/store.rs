@@ -70,7 +70,7 @@ impl StoreUrl {
                 bucket: bucket()?,
                 prefix,
             }),
-            "az" | "azure" | "abfs" | "abfss" => Ok(StoreUrl::Azure {
+            "az" | "azure" => Ok(StoreUrl::Azure {
                 container: bucket()?,
                 prefix,
             }),

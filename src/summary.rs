@@ -34,10 +34,28 @@ pub struct Summary {
     pub notes: Vec<String>,
 }
 
+/// The largest profile file summarised, and what it may inflate to: the
+/// sidecar runs in a 32Mi limit, and a summary is a convenience while the
+/// profile itself is the evidence.
+pub const MAX_SUMMARY_FILE: u64 = 4 << 20;
+pub const MAX_SUMMARY_DECODED: u64 = 16 << 20;
+
+fn decode_small(p: &Path) -> Result<pprof::Profile, String> {
+    let len = std::fs::metadata(p).map_err(|e| e.to_string())?.len();
+    if len > MAX_SUMMARY_FILE {
+        return Err(format!(
+            "{} bytes is too large to summarise inside the sidecar; use go tool pprof",
+            len
+        ));
+    }
+    let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+    pprof::decode_with_limit(&bytes, MAX_SUMMARY_DECODED).map_err(|e| e.to_string())
+}
+
 /// Builds the summary from profile files; pure apart from reading them.
 pub fn build(heap: Option<&Path>, goroutine: Option<&Path>, baseline: Option<&Path>) -> Summary {
     let mut notes = Vec::new();
-    let mut decode = |what: &str, p: &Path| match pprof::decode_file(p) {
+    let mut decode = |what: &str, p: &Path| match decode_small(p) {
         Ok(prof) => Some(prof),
         Err(e) => {
             notes.push(format!("{what}: {e}"));
@@ -109,7 +127,11 @@ pub fn summarise(bundle_dir: &Path, spool_dir: &Path, m: &mut Manifest, is_basel
             let tmp = spool_dir.join(format!("{BASELINE_HEAP}.tmp"));
             let kept = std::fs::copy(h, &tmp)
                 .and_then(|_| std::fs::rename(&tmp, &base_path))
-                .and_then(|_| std::fs::write(spool_dir.join(BASELINE_ID), &m.capture_id));
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    crate::spool::write_atomic(spool_dir, BASELINE_ID, m.capture_id.as_bytes())
+                        .map_err(|e| e.to_string())
+                });
             if let Err(e) = kept {
                 tracing::warn!(error = %e, "cannot keep the baseline heap for later diffs");
             }

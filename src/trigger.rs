@@ -85,7 +85,9 @@ impl Policy {
 }
 
 /// Samples kept for the slope: a fixed ring, so observing never allocates.
-const HISTORY: usize = 64;
+/// 256 samples cover the one-second window down to a 4 ms poll interval;
+/// at 2 ms the slope looks back half a second, which a fast leak fills.
+const HISTORY: usize = 256;
 /// The slope looks back this far.
 const SLOPE_WINDOW: Duration = Duration::from_secs(1);
 /// Fewer points than this give no slope.

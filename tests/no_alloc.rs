@@ -53,11 +53,21 @@ fn sampling_and_deciding_allocate_nothing() {
             let s = reader.read().unwrap();
             let d = trigger.observe(&s);
             let k = trigger.slope();
-            let i = poll_interval(s.percent(), trigger.next_rung(), k, Duration::from_millis(2), Duration::from_millis(500));
+            let i = poll_interval(
+                s.percent(),
+                trigger.next_rung(),
+                k,
+                Duration::from_millis(2),
+                Duration::from_millis(500),
+            );
             sink = sink.wrapping_add(s.working_set + i.as_nanos() as u64 + d.is_some() as u64);
         }
         COUNTING.store(false, Ordering::Relaxed);
         assert!(sink > 0);
-        assert_eq!(ALLOCS.load(Ordering::Relaxed), 0, "{case}: the hot path allocated");
+        assert_eq!(
+            ALLOCS.load(Ordering::Relaxed),
+            0,
+            "{case}: the hot path allocated"
+        );
     }
 }

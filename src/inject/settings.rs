@@ -145,16 +145,16 @@ impl InjectSettings {
         }
         if let Some(v) = vars.get(STORE) {
             let v = v.trim();
-            match v.split_once("://") {
-                Some((scheme, _))
-                    if ["file", "s3", "gs", "az", "memory"].contains(&scheme) =>
-                {
-                    s.store = Some(v.into())
-                }
-                _ => bad(
+            // The same parser the sidecar uses, so the injector never
+            // hands a pod a store its sidecar would refuse.
+            match crate::store::StoreUrl::parse(v) {
+                Ok(_) => s.store = Some(v.into()),
+                Err(e) => bad(
                     STORE,
                     v,
-                    "an object store URL: file:///path, s3://bucket/prefix, gs://…, az://… or memory://",
+                    &format!(
+                        "an object store URL: file:///path, s3://bucket/prefix, gs://…, az://… or memory:// ({e})"
+                    ),
                 ),
             }
         }

@@ -238,12 +238,19 @@ impl CgroupReader {
                 "memory.oom_control",
             ),
         };
+        let stat = Opened::open(dir.join("memory.stat")).ok();
+        if stat.is_none() {
+            tracing::warn!(
+                cgroup = %dir.display(),
+                "memory.stat is missing: the working set is read as the whole usage, which can only trigger early"
+            );
+        }
         Ok(CgroupReader {
             dir: dir.to_path_buf(),
             version,
             usage: Opened::open(dir.join(usage))?,
             limit: Opened::open(dir.join(limit))?,
-            stat: Opened::open(dir.join("memory.stat")).ok(),
+            stat,
             events: Opened::open(dir.join(events)).ok(),
             fallback_limit,
             buf: Box::new([0u8; 8192]),

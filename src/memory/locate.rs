@@ -314,9 +314,27 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
         }
     }
 
-    // 4. Our own cgroup.
+    // 4. Our own cgroup — only where it is the app's too. In a pod the
+    // sidecar's own container has its own cgroup (v2 with a cgroup
+    // namespace shows it as `0::/`), and watching it would watch ourselves.
+    let own = proc::cgroup_paths(None).ok();
+    let shares = match &target {
+        Ok(pid) => proc::cgroup_paths(Some(pid.pid)).ok() == own,
+        Err(_) => input.pod_uid.is_none(),
+    };
     if input.skip_own {
         tried.note(Strategy::OwnCgroup, "skipped");
+    } else if !shares {
+        tried.note(
+            Strategy::OwnCgroup,
+            match &target {
+                Ok(pid) => format!("pid {} is in another cgroup than oomsnap", pid.pid),
+                Err(_) => {
+                    "inside a pod (POD_UID is set) oomsnap's own cgroup is its own container's"
+                        .into()
+                }
+            },
+        );
     } else {
         match proc::cgroup_paths(None) {
             Err(e) => tried.note(Strategy::OwnCgroup, e),

@@ -24,10 +24,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::locate::{locate, LocateInput};
+use super::locate::{locate, LocateError, LocateInput};
 use super::proc::{self, ProcessId};
 use super::{MemorySource, Reader, Sample, SourceKind, Version};
 use crate::trigger::{Decision, Policy, Trigger};
+
+/// The longest wait between attempts to locate the memory; /healthz
+/// allows for it.
+pub const LOCATE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What woke the watcher before the sample that caused a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -39,6 +43,8 @@ pub enum Wake {
     Poll,
     /// The first sample after (re)locating.
     Start,
+    /// Not the watcher at all: a manual capture.
+    Manual,
 }
 
 /// What the watcher tells the pipeline.
@@ -56,6 +62,8 @@ pub enum WatchEvent {
     },
     /// A capture should be taken.
     Decision { decision: Decision, wake: Wake },
+    /// The memory cannot be watched as configured; the sidecar must stop.
+    Fatal(String),
     /// The kernel's OOM kill counter rose.
     OomKill {
         at: SystemTime,
@@ -347,14 +355,15 @@ fn wait(control: RawFd, notifier: &Notifier, timeout: Duration) -> bool {
         fd: -1,
         events: 0,
         revents: 0,
-    }; 16];
+    }; 20];
     pfds[0] = libc::pollfd {
         fd: control,
         events: libc::POLLIN,
         revents: 0,
     };
     let mut n = 1;
-    for fd in notifier.fds.iter().take(15) {
+    // At most 16 rungs plus two early levels (config caps the rungs).
+    for fd in notifier.fds.iter().take(19) {
         pfds[n] = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -393,6 +402,7 @@ fn run(
     let mut policy = cfg.policy.clone();
     let mut trigger = Trigger::new(policy.clone());
     let mut located: Option<Located> = None;
+    let mut ever_located = false;
     let mut wake = Wake::Start;
     let mut restarts: u32 = 0;
     let mut locate_backoff = Duration::from_millis(200);
@@ -418,10 +428,20 @@ fn run(
 
         // Find the source when we have none.
         let Some(loc) = located.as_mut() else {
-            match locate(&cfg.locate)
-                .map_err(|e| e.to_string())
-                .and_then(|s| open(s, &cfg, &policy))
-            {
+            let found = match locate(&cfg.locate) {
+                // A wrong OOMSNAP_CGROUP, or memory without any limit, is a
+                // configuration error: at start it stops the sidecar rather
+                // than leave it watching something that can never trigger.
+                Err(e @ (LocateError::Explicit { .. } | LocateError::NoLimit { .. }))
+                    if !ever_located =>
+                {
+                    let _ = tx.send(WatchEvent::Fatal(e.to_string()));
+                    break;
+                }
+                Err(e) => Err(e.to_string()),
+                Ok(s) => open(s, &cfg, &policy),
+            };
+            match found {
                 Ok(l) => {
                     tracing::info!(
                         source = %l.source.describe(),
@@ -436,6 +456,7 @@ fn run(
                         *e = None;
                     }
                     let _ = tx.send(WatchEvent::Located(l.source.clone()));
+                    ever_located = true;
                     located = Some(l);
                     wake = Wake::Start;
                     locate_backoff = Duration::from_millis(200);
@@ -450,7 +471,7 @@ fn run(
                         *s = Some(e);
                     }
                     wait(control_fd, &Notifier::none(), locate_backoff);
-                    locate_backoff = (locate_backoff * 2).min(Duration::from_secs(5));
+                    locate_backoff = (locate_backoff * 2).min(LOCATE_BACKOFF_MAX);
                     continue;
                 }
             }
