@@ -1477,8 +1477,7 @@ fn proxy_one(mut client: TcpStream, upstream: u16, mode: ProxyMode, spoiled: Arc
             let mut head = Vec::new();
             let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
             // Forward until the head plus n body bytes have passed, then cut.
-            loop {
-                let Ok(k) = client.read(&mut buf) else { break };
+            while let Ok(k) = client.read(&mut buf) {
                 if k == 0 {
                     break;
                 }
