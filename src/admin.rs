@@ -490,8 +490,8 @@ async fn capture(
         Ok(Ok(Ok(key))) => {
             (StatusCode::OK, Json(serde_json::json!({ "key": key }))).into_response()
         }
-        Ok(Ok(Err(why))) => (
-            StatusCode::TOO_MANY_REQUESTS,
+        Ok(Ok(Err((code, why)))) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Json(serde_json::json!({ "error": why })),
         )
             .into_response(),

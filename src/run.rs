@@ -107,6 +107,8 @@ struct Pipeline {
     last_sample: Option<Sample>,
     /// Set when the watcher cannot go on; stops the run.
     fatal: Option<String>,
+    /// An OOM kill seen while a capture was in flight.
+    pending_oom: Option<(SystemTime, String, Option<u64>, Option<Sample>)>,
 }
 
 /// Errors that stop the sidecar at start.
@@ -390,6 +392,9 @@ impl Pipeline {
         if let Some(s) = &self.shared.shipper {
             s.wake.notify_one();
         }
+        if let Some((at, evidence, kills, last)) = self.pending_oom.take() {
+            self.write_oom(at, &evidence, kills, last);
+        }
         if let Some((d, wake, reply)) = self.pending.take() {
             self.start(d, wake, reply);
         }
@@ -406,6 +411,22 @@ impl Pipeline {
         if evidence == "oom_kill" {
             self.shared.oom_kills.fetch_add(1, Ordering::Relaxed);
         }
+        // A kill while a capture is still being finished belongs to that
+        // capture: its profiles may well be on disk already.
+        if self.in_flight.is_some() {
+            self.pending_oom = Some((at, evidence.to_string(), kills, last));
+            return;
+        }
+        self.write_oom(at, evidence, kills, last);
+    }
+
+    fn write_oom(
+        &mut self,
+        at: SystemTime,
+        evidence: &str,
+        kills: Option<u64>,
+        last: Option<Sample>,
+    ) {
         let last_capture = self.shared.captures.lock().ok().and_then(|c| {
             c.iter()
                 .rev()
@@ -640,6 +661,7 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
         oom_recorded_for: None,
         last_sample: None,
         fatal: None,
+        pending_oom: None,
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -763,6 +785,7 @@ pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError
         oom_recorded_for: None,
         last_sample: None,
         fatal: None,
+        pending_oom: None,
     };
     let mut m = p.draft(&id, &d, None);
     let writer = spool

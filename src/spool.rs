@@ -242,10 +242,11 @@ impl Spool {
             path: partial.join(DRAFT_FILE),
             source,
         })?;
-        // Both durable before any profile: recovery needs them to complete
-        // a bundle whose profiles made it to disk.
-        write_atomic(&partial, KEY_FILE, key.as_bytes())?;
-        write_atomic(&partial, DRAFT_FILE, &bytes)?;
+        // Written now but fsynced by the first profile's commit, not here:
+        // the requests to the target must not wait on the disk. Recovery
+        // needs them only once a profile is durable, and by then they are.
+        fs::write(partial.join(KEY_FILE), key).map_err(io("write", &partial))?;
+        fs::write(partial.join(DRAFT_FILE), &bytes).map_err(io("write", &partial))?;
         Ok(BundleWriter {
             id: id.to_string(),
             partial,
@@ -406,12 +407,21 @@ impl SpoolFile {
     /// fsyncs and renames into place; returns the sha256. Blocking: call it
     /// from a blocking task.
     pub fn commit(self) -> Result<String, SpoolError> {
-        self.file.sync_all().map_err(io("fsync", &self.tmp))?;
         let dir = self
             .tmp
             .parent()
             .expect("spool file has a parent")
             .to_path_buf();
+        // The bundle's key and draft are made durable before any profile
+        // is, so a crash never leaves a profile recovery cannot place.
+        for meta in [KEY_FILE, DRAFT_FILE] {
+            let p = dir.join(meta);
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(io("fsync", &p))?;
+        }
+        // fdatasync: the data and its length; the mtime can wait.
+        self.file.sync_data().map_err(io("fsync", &self.tmp))?;
         let dst = dir.join(&self.name);
         fs::rename(&self.tmp, &dst).map_err(io("rename", &self.tmp))?;
         sync_dir(&dir)?;

@@ -208,6 +208,15 @@ impl Trigger {
 
     /// Feeds one sample; returns the decision it causes, if any.
     pub fn observe(&mut self, s: &Sample) -> Option<Decision> {
+        // A sharp fall (a kill, a restart, a freed cache) starts a new
+        // history: the old climb must not predict an OOM that is past.
+        if let (Some(limit), true) = (s.limit, self.len > 0) {
+            let prev = self.ring[(self.head + HISTORY - 1) % HISTORY].1;
+            let fall = prev.saturating_sub(s.working_set) as f64 * 100.0 / limit.max(1) as f64;
+            if fall > self.policy.hysteresis {
+                self.len = 0;
+            }
+        }
         self.push(s);
         let limit = s.limit?;
         if limit == 0 {
@@ -379,6 +388,19 @@ mod tests {
             labels(&fired)[1..],
             ["threshold-80", "threshold-90", "threshold-95"]
         );
+    }
+
+    #[test]
+    fn a_kill_does_not_leave_a_stale_slope_behind() {
+        let mut t = Trigger::new(Policy {
+            thresholds: vec![80.0],
+            ..policy()
+        });
+        // A fast climb that fires imminent, then the kill: usage drops to 0.
+        let mut pts: Vec<(u64, f64)> = (0..42).map(|i| (i * 2, 20.0 + i as f64 * 1.5)).collect();
+        pts.extend((0..20).map(|i| (100 + i * 2, 0.1)));
+        let fired = run(&mut t, &pts);
+        assert_eq!(labels(&fired), ["imminent", "threshold-80"], "{fired:?}");
     }
 
     #[test]

@@ -102,7 +102,56 @@ fn leak_to_s3(rate: &str) {
         snap.logs()
     );
     let oom_key = keys.iter().find(|k| k.ends_with("/oom.json")).unwrap();
-    let folder = oom_key.trim_end_matches("/oom.json");
+    // The race is won when some near-OOM capture had heap AND goroutine
+    // durable before the kill. Take the newest such capture. (One still
+    // running at the kill may finish after it, or lose its goroutine
+    // profile with the app; it is kept, but it did not win the race.)
+    let durable_before_kill = |m: &Manifest| {
+        ["heap.pb.gz", "goroutine.pb.gz"].iter().all(|f| {
+            m.profiles
+                .iter()
+                .find(|p| p.ok() && p.file.as_deref() == Some(*f))
+                .and_then(|p| p.durable_at.as_deref())
+                .and_then(oomsnap::manifest::parse_timestamp)
+                .is_some_and(|d| d < kill)
+        })
+    };
+    let mut candidates: Vec<(String, Manifest)> = keys
+        .iter()
+        .filter_map(|k| k.strip_suffix("/manifest.json"))
+        .filter(|f| !f.ends_with("_baseline"))
+        .map(|f| {
+            let m: Manifest =
+                serde_json::from_slice(&rt.block_on(s3.get(&format!("{f}/manifest.json"))))
+                    .unwrap();
+            (f.to_string(), m)
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.0.cmp(&b.0));
+    let summary: Vec<String> = candidates
+        .iter()
+        .map(|(f, m)| {
+            format!(
+                "{f}: {:?}",
+                m.profiles
+                    .iter()
+                    .map(|p| (&p.name, &p.durable_at, &p.error))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    let (folder, manifest) = candidates
+        .into_iter()
+        .rev()
+        .find(|(_, m)| durable_before_kill(m))
+        .unwrap_or_else(|| {
+            panic!(
+                "no near-OOM capture had heap and goroutine durable before the kill at {kill:?}:\n{}\n{}",
+                summary.join("\n"),
+                snap.logs()
+            )
+        });
+    let folder = folder.as_str();
     assert!(
         folder.starts_with(&format!("{prefix}/e2e/leaky/app/")),
         "{folder}"
@@ -113,8 +162,6 @@ fn leak_to_s3(rate: &str) {
             "{f} missing from {keys:#?}"
         );
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&rt.block_on(s3.get(&format!("{folder}/manifest.json")))).unwrap();
     let oom: OomRecord = serde_json::from_slice(&rt.block_on(s3.get(oom_key))).unwrap();
     let dir = temp_dir("e2e-heap");
     for f in ["heap.pb.gz", "goroutine.pb.gz"] {
@@ -136,7 +183,9 @@ fn leak_to_s3(rate: &str) {
             )
         });
         eprintln!(
-            "rate {rate}: {f} durable {:.1} ms after the decision at {:.1}% ({}), {:.3} s before the kill",
+            "rate {rate}: {f} requested {:.1} ms, first byte {:.1} ms, durable {:.1} ms after the decision at {:.1}% ({}), {:.3} s before the kill",
+            rec.requested_after_decision_ms,
+            rec.first_byte_after_decision_ms.unwrap_or(-1.0),
             rec.durable_after_decision_ms.unwrap_or(-1.0),
             manifest.trigger.percent,
             manifest.reason,

@@ -184,10 +184,12 @@ impl Notifier {
     }
 
     /// The usage levels, in percent, that get a v1 threshold: every rung and
-    /// two early-warning levels below the first.
+    /// four early-warning levels below the first. A wake-up there costs one
+    /// sample; on a fast leak it gives the slope, and so "imminent", a head
+    /// start of up to 40 points of the limit.
     fn levels(policy: &Policy) -> Vec<f64> {
         let first = policy.thresholds.first().copied().unwrap_or(80.0);
-        let mut v: Vec<f64> = [first - 20.0, first - 10.0]
+        let mut v: Vec<f64> = [first - 40.0, first - 30.0, first - 20.0, first - 10.0]
             .into_iter()
             .filter(|l| *l > 0.0)
             .chain(policy.thresholds.iter().copied())
@@ -355,15 +357,15 @@ fn wait(control: RawFd, notifier: &Notifier, timeout: Duration) -> bool {
         fd: -1,
         events: 0,
         revents: 0,
-    }; 20];
+    }; 22];
     pfds[0] = libc::pollfd {
         fd: control,
         events: libc::POLLIN,
         revents: 0,
     };
     let mut n = 1;
-    // At most 16 rungs plus two early levels (config caps the rungs).
-    for fd in notifier.fds.iter().take(19) {
+    // At most 16 rungs plus four early levels (config caps the rungs).
+    for fd in notifier.fds.iter().take(21) {
         pfds[n] = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -620,6 +622,9 @@ mod tests {
             lead_time: Duration::from_secs(2),
             baseline_every: None,
         };
-        assert_eq!(Notifier::levels(&p), vec![60.0, 70.0, 80.0, 90.0]);
+        assert_eq!(
+            Notifier::levels(&p),
+            vec![40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+        );
     }
 }
