@@ -78,11 +78,21 @@ fn scenario(s: &Scenario, reps: usize) -> serde_json::Value {
         let before = cg.usage();
         let _ = fs::write(cg.path().join("memory.max_usage_in_bytes"), "0");
         let t = Instant::now();
-        let (code, _) = http_request("POST", &format!("http://{admin}/capture"), &[], &[], Duration::from_secs(120))
-            .unwrap_or((0, Vec::new()));
+        let (code, _) = http_request(
+            "POST",
+            &format!("http://{admin}/capture"),
+            &[],
+            &[],
+            Duration::from_secs(120),
+        )
+        .unwrap_or((0, Vec::new()));
         let took = t.elapsed().as_secs_f64();
         let after = cg.usage();
-        let peak: u64 = cg.read("memory.max_usage_in_bytes").trim().parse().unwrap_or(0);
+        let peak: u64 = cg
+            .read("memory.max_usage_in_bytes")
+            .trim()
+            .parse()
+            .unwrap_or(0);
         std::thread::sleep(Duration::from_secs(2));
         let after2 = cg.usage();
         let c = json!({
@@ -104,7 +114,11 @@ fn scenario(s: &Scenario, reps: usize) -> serde_json::Value {
         .manifests()
         .iter()
         .filter(|m| m["reason"] == "manual")
-        .all(|m| m["profiles"].as_array().is_some_and(|ps| ps.iter().all(|p| p["error"].is_null())));
+        .all(|m| {
+            m["profiles"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().all(|p| p["error"].is_null()))
+        });
     drop(leaker);
     drop(cg);
     json!({ "scenario": s.name, "limit_mib": mib(s.limit), "profiles": s.profiles, "all_profiles_ok": ok, "captures": caps })
@@ -124,12 +138,22 @@ fn main() {
         let r = scenario(s, reps);
         let caps = r["captures"].as_array().cloned().unwrap_or_default();
         let f = |k: &str| caps.first().and_then(|c| c[k].as_f64());
-        let deltas: Vec<f64> = caps.iter().filter_map(|c| c["peak_minus_before_mib"].as_f64()).collect();
-        let took: Vec<f64> = caps.iter().filter_map(|c| c["capture_seconds"].as_f64()).collect();
+        let deltas: Vec<f64> = caps
+            .iter()
+            .filter_map(|c| c["peak_minus_before_mib"].as_f64())
+            .collect();
+        let took: Vec<f64> = caps
+            .iter()
+            .filter_map(|c| c["capture_seconds"].as_f64())
+            .collect();
         md.push_str(&format!(
             "| {}{} | {} | {} | +{} / +{} | {} | {} |\n",
             s.name,
-            if r["all_profiles_ok"] == true { "" } else { " (some profiles FAILED)" },
+            if r["all_profiles_ok"] == true {
+                ""
+            } else {
+                " (some profiles FAILED)"
+            },
             fmt(f("usage_before_mib"), 1),
             fmt(f("usage_peak_mib"), 1),
             fmt(f("peak_minus_before_mib"), 1),

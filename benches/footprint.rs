@@ -83,7 +83,11 @@ fn big_capture(rep: usize) -> serde_json::Value {
     );
     let pid = snap.pid();
     let up = snap.admin_addr(Duration::from_secs(10)).is_some();
-    assert!(up, "oomsnap's admin server did not come up; see {}", snap.log.display());
+    assert!(
+        up,
+        "oomsnap's admin server did not come up; see {}",
+        snap.log.display()
+    );
     std::thread::sleep(Duration::from_secs(2));
     let hwm_before = status_kb(pid, "VmHWM").unwrap_or(0);
     let rss_before = status_kb(pid, "VmRSS").unwrap_or(0);
@@ -100,7 +104,13 @@ fn big_capture(rep: usize) -> serde_json::Value {
         }
     });
     let t = Instant::now();
-    let resp = http_request("POST", &format!("http://{admin}/capture"), &[], &[], Duration::from_secs(120));
+    let resp = http_request(
+        "POST",
+        &format!("http://{admin}/capture"),
+        &[],
+        &[],
+        Duration::from_secs(120),
+    );
     let took = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
@@ -151,12 +161,22 @@ fn main() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let stripped = if file.is_empty() { None } else { Some(!file.contains("not stripped")) };
+    let stripped = if file.is_empty() {
+        None
+    } else {
+        Some(!file.contains("not stripped"))
+    };
 
     let id = idle(secs);
     let big: Vec<_> = (0..reps).map(big_capture).collect();
-    let hwm: Vec<f64> = big.iter().filter_map(|b| b["vmhwm_after_mib"].as_f64()).collect();
-    let took: Vec<f64> = big.iter().filter_map(|b| b["capture_seconds"].as_f64()).collect();
+    let hwm: Vec<f64> = big
+        .iter()
+        .filter_map(|b| b["vmhwm_after_mib"].as_f64())
+        .collect();
+    let took: Vec<f64> = big
+        .iter()
+        .filter_map(|b| b["capture_seconds"].as_f64())
+        .collect();
     let stacks_mb: Vec<f64> = big
         .iter()
         .flat_map(|b| b["profiles"].as_array().cloned().unwrap_or_default())
@@ -166,7 +186,9 @@ fn main() {
         .collect();
     let all_ok = big.iter().all(|b| {
         b["http_status"] == 200
-            && b["profiles"].as_array().is_some_and(|ps| ps.len() == 3 && ps.iter().all(|p| p["error"].is_null()))
+            && b["profiles"]
+                .as_array()
+                .is_some_and(|ps| ps.len() == 3 && ps.iter().all(|p| p["error"].is_null()))
     });
 
     let mut md = String::from("| measure | value |\n|---|---|\n");

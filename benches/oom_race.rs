@@ -37,7 +37,11 @@ struct LoopFetch {
 
 /// `while true; do curl …/heap > heap.$(date +%s).pb.gz; sleep 1; done`,
 /// in-process: blocking GETs, each body written to a timestamped file.
-fn curl_loop(base: String, dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<LoopFetch>> {
+fn curl_loop(
+    base: String,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<LoopFetch>> {
     std::thread::Builder::new()
         .name("bench-curl-loop".into())
         .spawn(move || {
@@ -45,7 +49,13 @@ fn curl_loop(base: String, dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::
             let mut out = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let started = now();
-                let r = http_request("GET", &format!("{base}/heap"), &[], &[], Duration::from_secs(10));
+                let r = http_request(
+                    "GET",
+                    &format!("{base}/heap"),
+                    &[],
+                    &[],
+                    Duration::from_secs(10),
+                );
                 let (ok, bytes) = match r {
                     Ok((200, body)) if body.starts_with(&[0x1f, 0x8b]) => {
                         let f = dir.join(format!("heap.{started:.6}.pb.gz"));
@@ -91,7 +101,9 @@ fn one_run(rate: &str, run: usize) -> serde_json::Value {
     let lp = curl_loop(leaker.pprof_base(), dir.path().join("curl"), stop.clone());
 
     // Wait for the kill (the fastest rate can stall for seconds at the limit).
-    let killed = wait_until(Duration::from_secs(60), Duration::from_millis(5), || poller.is_done());
+    let killed = wait_until(Duration::from_secs(60), Duration::from_millis(5), || {
+        poller.is_done()
+    });
     let tl = poller.finish();
     let _ = leaker.wait_exit(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
@@ -211,9 +223,16 @@ fn main() {
         return;
     }
     let n = runs(10, 3);
-    let rates = [("32", "~32 MiB/s"), ("128", "~128 MiB/s"), ("0", "fastest (-rate 0)")];
+    let rates = [
+        ("32", "~32 MiB/s"),
+        ("128", "~128 MiB/s"),
+        ("0", "fastest (-rate 0)"),
+    ];
     let _ = harness::leaky_binary();
-    eprintln!("oom_race: {n} runs per rate, oomsnap {}", oomsnap_bin().display());
+    eprintln!(
+        "oom_race: {n} runs per rate, oomsnap {}",
+        oomsnap_bin().display()
+    );
     let mut all = Vec::new();
     let mut md = String::from(
         "| leak rate | tool | runs | success | median lead (ms) | min lead (ms) | median window 80 %→kill (ms) |\n|---|---|---|---|---|---|---|\n",
@@ -225,7 +244,10 @@ fn main() {
             rs.push(one_run(rate, i));
         }
         let valid: Vec<_> = rs.iter().filter(|r| r["killed"] == true).cloned().collect();
-        let windows: Vec<f64> = valid.iter().filter_map(|r| r["window_s"].as_f64()).collect();
+        let windows: Vec<f64> = valid
+            .iter()
+            .filter_map(|r| r["window_s"].as_f64())
+            .collect();
         let measured_rate: Vec<f64> = valid
             .iter()
             .filter_map(|r| r["cross80_to_limit_s"].as_f64())
@@ -234,7 +256,11 @@ fn main() {
         for (tool, name) in [("oomsnap", "oomsnap"), ("curl_loop", "curl loop, 1 s")] {
             let ok = valid.iter().filter(|r| r[tool]["success"] == true).count();
             let leads = col(&valid, tool, "lead_s");
-            let pct = if valid.is_empty() { 0.0 } else { 100.0 * ok as f64 / valid.len() as f64 };
+            let pct = if valid.is_empty() {
+                0.0
+            } else {
+                100.0 * ok as f64 / valid.len() as f64
+            };
             md.push_str(&format!(
                 "| {label} | {name} | {} | {pct:.0} % ({ok}/{}) | {} | {} | {} |\n",
                 valid.len(),
@@ -256,7 +282,9 @@ fn main() {
         }
         let not_killed = rs.len() - valid.len();
         if not_killed > 0 {
-            md.push_str(&format!("| {label} | (runs without a kill in 60 s, excluded) | {not_killed} | | | | |\n"));
+            md.push_str(&format!(
+                "| {label} | (runs without a kill in 60 s, excluded) | {not_killed} | | | | |\n"
+            ));
         }
         all.extend(rs);
     }

@@ -45,10 +45,22 @@ fn one_path(name: &str, kernel: bool, want: usize) -> serde_json::Value {
     let fake = FakePprof::start();
     // oomsnap registers (limit * pct / 100) as u64; so does the bench.
     let thr = (LIMIT as f64 * 80.0 / 100.0) as u64;
-    let mut clock = CrossingClock::start(cg.path(), thr).expect("register the bench's threshold eventfd");
+    let mut clock =
+        CrossingClock::start(cg.path(), thr).expect("register the bench's threshold eventfd");
     let leaker = Leaker::spawn(
         Some(&cg),
-        &["-mode", "oscillate", "-low", "140", "-high", "205", "-rate", "256", "-delay", "1500ms"],
+        &[
+            "-mode",
+            "oscillate",
+            "-low",
+            "140",
+            "-high",
+            "205",
+            "-rate",
+            "256",
+            "-delay",
+            "1500ms",
+        ],
     );
     let wake = if kernel { "true" } else { "false" };
     let mut snap = Oomsnap::start(
@@ -86,7 +98,9 @@ fn one_path(name: &str, kernel: bool, want: usize) -> serde_json::Value {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, p)| p.starts_with("/debug/pprof/heap") || p.starts_with("/debug/pprof/goroutine"))
+        .filter(|(_, p)| {
+            p.starts_with("/debug/pprof/heap") || p.starts_with("/debug/pprof/goroutine")
+        })
         .cloned()
         .collect();
 
@@ -121,7 +135,10 @@ fn one_path(name: &str, kernel: bool, want: usize) -> serde_json::Value {
         .iter()
         .filter_map(|m| m["first_request_after_decision_ms"].as_f64())
         .collect();
-    let kernel_woken = manifests.iter().filter(|m| m["trigger"]["wake"] == "kernel").count();
+    let kernel_woken = manifests
+        .iter()
+        .filter(|m| m["trigger"]["wake"] == "kernel")
+        .count();
     let overshoot: Vec<f64> = manifests
         .iter()
         .filter_map(|m| m["trigger"]["working_set_bytes"].as_u64())
@@ -165,7 +182,10 @@ fn main() {
     }
     let want = crossings_wanted();
     let _ = harness::leaky_binary();
-    let paths = [("kernel wake-up (eventfd, default)", true), ("polling only (OOMSNAP_KERNEL_WAKEUPS=false)", false)];
+    let paths = [
+        ("kernel wake-up (eventfd, default)", true),
+        ("polling only (OOMSNAP_KERNEL_WAKEUPS=false)", false),
+    ];
     let mut res = Vec::new();
     let mut md = String::from(
         "| path | crossings | captured | p50 (ms) | p99 (ms) | max (ms) | decision→request p50 / p99 (ms) |\n|---|---|---|---|---|---|---|\n",
@@ -191,5 +211,9 @@ fn main() {
 `/debug/pprof/heap` or `goroutine` request line at a fake pprof server in the bench. The first {WARMUP} crossings are warm-up and not counted. \
 decision→request is the manifest's `first_request_after_decision_ms` (from the deciding sample).\n"
     ));
-    report("reaction", json!({ "limit_bytes": LIMIT, "crossings_wanted": want, "paths": res }), &md);
+    report(
+        "reaction",
+        json!({ "limit_bytes": LIMIT, "crossings_wanted": want, "paths": res }),
+        &md,
+    );
 }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[allow(unused_imports)]
 pub use harness::{free_port, http_request, temp_dir, wait_until, Leaker, MemCgroup};
 
 pub const MIB: u64 = 1 << 20;
@@ -75,7 +76,9 @@ pub fn now() -> f64 {
 }
 
 pub fn to_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// An RFC 3339 timestamp from a manifest, as epoch seconds.
@@ -133,7 +136,9 @@ impl Oomsnap {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        let child = cmd.spawn().expect("spawn oomsnap (build it with cargo build --release)");
+        let child = cmd
+            .spawn()
+            .expect("spawn oomsnap (build it with cargo build --release)");
         Oomsnap {
             child,
             log,
@@ -629,7 +634,8 @@ pub fn report(name: &str, json: serde_json::Value, markdown: &str) {
     let d = out_dir();
     let mut full = json;
     full["machine"] = machine();
-    full["generated_at"] = serde_json::Value::String(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+    full["generated_at"] =
+        serde_json::Value::String(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
     fs::write(
         d.join(format!("{name}.json")),
         serde_json::to_vec_pretty(&full).unwrap(),
@@ -650,7 +656,10 @@ pub fn machine() -> serde_json::Value {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let mem = fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
