@@ -148,6 +148,12 @@ fn one_run(rate: &str, run: usize) -> serde_json::Value {
             "heap_durable": heap,
             "goroutine_durable": gor,
             "durable_before_kill": before_kill,
+            "profile_timings_ms": m["profiles"].as_array().map(|ps| ps.iter().map(|p| json!({
+                "name": p["name"],
+                "requested": p["requested_after_decision_ms"],
+                "first_byte": p["first_byte_after_decision_ms"],
+                "durable": p["durable_after_decision_ms"],
+            })).collect::<Vec<_>>()),
             "errors": m["profiles"].as_array().map(|ps| ps.iter().filter_map(|p| p["error"].as_str().map(|e| format!("{}: {e}", p["name"].as_str().unwrap_or("")))).collect::<Vec<_>>()),
         }));
     }
@@ -223,11 +229,19 @@ fn main() {
         return;
     }
     let n = runs(10, 3);
-    let rates = [
+    let all_rates = [
         ("32", "~32 MiB/s"),
         ("128", "~128 MiB/s"),
         ("0", "fastest (-rate 0)"),
     ];
+    // OOMSNAP_BENCH_RATES=0 (or 32,128) runs only those leaker -rate values.
+    let only: Option<Vec<String>> = std::env::var("OOMSNAP_BENCH_RATES")
+        .ok()
+        .map(|v| v.split(',').map(|x| x.trim().to_string()).collect());
+    let rates: Vec<_> = all_rates
+        .into_iter()
+        .filter(|(r, _)| only.as_ref().is_none_or(|o| o.iter().any(|x| x == r)))
+        .collect();
     let _ = harness::leaky_binary();
     eprintln!(
         "oom_race: {n} runs per rate, oomsnap {}",

@@ -214,9 +214,8 @@ fn admin_addr_in(line: &str) -> Option<String> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let f = &v["fields"];
     for k in ["addr", "address", "listen"] {
-        if let Some(s) = f[k].as_str() {
+        if let Some(s) = v[k].as_str().or_else(|| v["fields"][k].as_str()) {
             return Some(s.to_string());
         }
     }
