@@ -22,16 +22,36 @@ fn env() -> &'static Config {
             "http://127.0.0.1:6060/debug/pprof".to_string(),
         )]
         .into();
-        Config::from_vars(&vars).expect("the fixed environment is valid").0
+        Config::from_vars(&vars)
+            .expect("the fixed environment is valid")
+            .0
     })
 }
 
 fn check_target(t: &Tunables, file: &str) {
     let url = reqwest_url(&t.target);
-    assert_eq!(url.host_str(), Some("127.0.0.1"), "host changed: {} from {file:?}", t.target);
-    assert_eq!(url.scheme(), "http", "scheme changed: {} from {file:?}", t.target);
-    assert!(url.username().is_empty() && url.password().is_none(), "userinfo: {} from {file:?}", t.target);
-    assert!(url.query().is_none() && url.fragment().is_none(), "query/fragment: {} from {file:?}", t.target);
+    assert_eq!(
+        url.host_str(),
+        Some("127.0.0.1"),
+        "host changed: {} from {file:?}",
+        t.target
+    );
+    assert_eq!(
+        url.scheme(),
+        "http",
+        "scheme changed: {} from {file:?}",
+        t.target
+    );
+    assert!(
+        url.username().is_empty() && url.password().is_none(),
+        "userinfo: {} from {file:?}",
+        t.target
+    );
+    assert!(
+        url.query().is_none() && url.fragment().is_none(),
+        "query/fragment: {} from {file:?}",
+        t.target
+    );
     // The quota built from annotation values must not panic either.
     let _ = oomsnap::limit::Admission::new(t.rate_burst, t.rate_period);
     assert!(t.thresholds.windows(2).all(|w| w[0] < w[1]));

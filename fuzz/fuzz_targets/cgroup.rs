@@ -24,10 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let n = cgroup::parse_u64(data);
     // parse_u64 caps the digits at 20 (u64::MAX has 20); a longer run of
     // leading zeros is refused on purpose, so compare only up to 20.
-    let trimmed_len = data
-        .iter()
-        .filter(|c| !c.is_ascii_whitespace())
-        .count();
+    let trimmed_len = data.iter().filter(|c| !c.is_ascii_whitespace()).count();
     if trimmed_len <= 20 {
         assert_eq!(n, model_u64(data), "parse_u64({data:?})");
     } else {

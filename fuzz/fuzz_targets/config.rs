@@ -24,7 +24,10 @@ const EXTRA: &[&str] = &[
 
 fn key(b: u8) -> &'static str {
     let i = usize::from(b) % (config::KNOWN.len() + EXTRA.len());
-    config::KNOWN.get(i).copied().unwrap_or_else(|| EXTRA[i - config::KNOWN.len()])
+    config::KNOWN
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| EXTRA[i - config::KNOWN.len()])
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -42,8 +45,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(list) = config::parse_percent_list(&text) {
         assert!(!list.is_empty() && list.len() <= 16, "{text:?} → {list:?}");
-        assert!(list.windows(2).all(|w| w[0] < w[1]), "{text:?} → {list:?} does not ascend");
-        assert!(list.iter().all(|p| (1.0..=100.0).contains(p)), "{text:?} → {list:?}");
+        assert!(
+            list.windows(2).all(|w| w[0] < w[1]),
+            "{text:?} → {list:?} does not ascend"
+        );
+        assert!(
+            list.iter().all(|p| (1.0..=100.0).contains(p)),
+            "{text:?} → {list:?}"
+        );
     }
     if let Ok(kinds) = config::parse_profiles(&text) {
         for (i, k) in kinds.iter().enumerate() {
@@ -62,7 +71,9 @@ fuzz_target!(|data: &[u8]| {
     // The whole reader over a map.
     let mut vars = BTreeMap::new();
     for line in data.split(|&b| b == b'\n') {
-        let Some((&k, v)) = line.split_first() else { continue };
+        let Some((&k, v)) = line.split_first() else {
+            continue;
+        };
         vars.insert(key(k).to_string(), String::from_utf8_lossy(v).into_owned());
     }
     match Config::from_vars(&vars) {

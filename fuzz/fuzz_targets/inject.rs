@@ -24,7 +24,10 @@ fn check_container(c: &Value) {
             if let Ok((target, _)) = oomsnap::config::parse_target(v) {
                 let url = url::Url::parse(&target).expect("parse_target accepted it");
                 assert_eq!(url.host_str(), Some("127.0.0.1"), "OOMSNAP_TARGET={v}");
-                assert!(url.username().is_empty() && url.password().is_none(), "OOMSNAP_TARGET={v}");
+                assert!(
+                    url.username().is_empty() && url.password().is_none(),
+                    "OOMSNAP_TARGET={v}"
+                );
             }
         }
     }
@@ -41,13 +44,16 @@ fn check_container(c: &Value) {
 
 fuzz_target!(|data: &[u8]| {
     let settings = InjectSettings::default();
-    let Ok(review) = mutate_body(data, &settings) else { return };
+    let Ok(review) = mutate_body(data, &settings) else {
+        return;
+    };
     assert_eq!(review.api_version, "admission.k8s.io/v1");
     let resp = review.response.as_ref().expect("a response");
     assert!(resp.allowed, "the webhook never refuses a pod");
     // (Not serde_json::Value: a field the review ignores may hold a lone
     // surrogate escape, which Value refuses and the typed parse skips.)
-    let req = oomsnap::inject::AdmissionReview::parse_request(data).expect("mutate_body accepted it");
+    let req =
+        oomsnap::inject::AdmissionReview::parse_request(data).expect("mutate_body accepted it");
     assert_eq!(req.uid, resp.uid);
     // The answer itself serialises.
     serde_json::to_vec(&review).expect("review serialises");
@@ -65,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
     for op in &ops {
         assert_eq!(op["op"], "add", "{op}");
         let path = op["path"].as_str().expect("op path");
-        assert!(path.starts_with("/spec/") || path.starts_with("/metadata/annotations"), "{path}");
+        assert!(
+            path.starts_with("/spec/") || path.starts_with("/metadata/annotations"),
+            "{path}"
+        );
         match path {
             "/spec/containers/-" | "/spec/initContainers/-" => check_container(&op["value"]),
             "/spec/containers" | "/spec/initContainers" => {

@@ -18,10 +18,20 @@ use oomsnap::keys::{self, MAX_PART};
 fn check_part(input: &str, s: &str) {
     assert!(!s.is_empty(), "sanitize({input:?}) is empty");
     assert!(s.is_ascii(), "sanitize({input:?}) = {s:?} is not ASCII");
-    assert!(s.len() <= MAX_PART, "sanitize({input:?}) is {} long", s.len());
+    assert!(
+        s.len() <= MAX_PART,
+        "sanitize({input:?}) is {} long",
+        s.len()
+    );
     assert!(!s.contains('/'), "sanitize({input:?}) = {s:?} has a /");
-    assert!(!s.starts_with('.'), "sanitize({input:?}) = {s:?} starts with a dot");
-    assert!(!s.contains(char::is_control), "sanitize({input:?}) = {s:?} has a control char");
+    assert!(
+        !s.starts_with('.'),
+        "sanitize({input:?}) = {s:?} starts with a dot"
+    );
+    assert!(
+        !s.contains(char::is_control),
+        "sanitize({input:?}) = {s:?} has a control char"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -55,7 +65,11 @@ fuzz_target!(|data: &[u8]| {
         let base: Vec<String> = prefix.parts().map(|p| p.as_ref().to_string()).collect();
         let got: Vec<String> = cap.parts().map(|p| p.as_ref().to_string()).collect();
         assert_eq!(got.len(), base.len() + 4, "{cap} from {who:?} {id:?}");
-        assert_eq!(&got[..base.len()], &base[..], "{cap} left the prefix {prefix}");
+        assert_eq!(
+            &got[..base.len()],
+            &base[..],
+            "{cap} left the prefix {prefix}"
+        );
         for p in &got[base.len()..] {
             check_part(&text, p);
         }

@@ -40,12 +40,19 @@ fuzz_target!(|data: &[u8]| {
         assert!(h.top_flat.len() <= TOP_N && h.top_cum.len() <= TOP_N);
         for r in h.top_flat.iter().chain(&h.top_cum) {
             assert!(r.flat_percent.is_finite() && r.cum_percent.is_finite());
-            assert!(r.flat_bytes <= h.total_bytes, "{r:?} above total {}", h.total_bytes);
+            assert!(
+                r.flat_bytes <= h.total_bytes,
+                "{r:?} above total {}",
+                h.total_bytes
+            );
         }
         let _ = pprof::verdict(h, None);
     }
 
-    for diff in [pprof::heap_diff(baseline(), &p, TOP_N), pprof::heap_diff(&p, &p, TOP_N)] {
+    for diff in [
+        pprof::heap_diff(baseline(), &p, TOP_N),
+        pprof::heap_diff(&p, &p, TOP_N),
+    ] {
         if let (Ok(d), Ok(h)) = (&diff, &heap) {
             assert!(d.top_growth.len() <= TOP_N);
             for g in &d.top_growth {
