@@ -287,10 +287,16 @@ fn real_profiles_summarise_within_the_sidecar_limit() {
 #[ignore = "absurd durations validate, then overflow (see comment)"]
 fn absurd_durations_are_refused_at_start() {
     use std::collections::BTreeMap;
+    // The fuzzer's input: OOMSNAP_SHUTDOWN_GRACE=5555555555555years… (key
+    // byte '5' = 53 = SHUTDOWN_GRACE), which `Instant::now() + grace` in
+    // run.rs cannot add.
+    let found = include_bytes!("../fuzz/regressions/config-shutdown-grace-overflows-instant");
+    assert!(found.starts_with(b"5555"));
     for var in [
         oomsnap::config::FETCH_TIMEOUT,
         oomsnap::config::SHUTDOWN_GRACE,
         oomsnap::config::CPU_PROFILE_DURATION,
+        oomsnap::config::RATE_PERIOD,
     ] {
         let vars: BTreeMap<String, String> =
             [(var.to_string(), "300000000000y".to_string())].into();
@@ -346,4 +352,77 @@ fn post_capture_answers_with_an_absurd_fetch_timeout() {
     assert!(up, "oomsnap did not serve /healthz");
     let (code, _) = res.expect("POST /capture got no HTTP answer");
     assert!(code >= 200, "{code}");
+}
+
+// ---------------------------------------------------------------------------
+// Poll bounds (target `config`)
+// ---------------------------------------------------------------------------
+
+/// `OOMSNAP_POLL_MAX=1ms` alone (below the default `POLL_MIN` of 2ms) is
+/// reported as `OOMSNAP_POLL_MIN="" is not valid`: it names a variable the
+/// user never set, with an empty value, and not the one they did set.
+///
+/// Fix (src/config.rs, the `poll_min > poll_max` check): blame `POLL_MAX`
+/// when `POLL_MIN` is unset — `"a duration no shorter than OOMSNAP_POLL_MIN
+/// (2ms)"` — and keep blaming `POLL_MIN` when both are set.
+#[test]
+#[ignore = "the error names the unset OOMSNAP_POLL_MIN (see comment)"]
+fn a_too_small_poll_max_is_reported_as_poll_max() {
+    use std::collections::BTreeMap;
+    let found = include_bytes!("../fuzz/regressions/config-poll-max-names-poll-min");
+    assert!(
+        found.contains(&0x17),
+        "the input sets OOMSNAP_POLL_MAX (key byte 23)"
+    );
+    let vars: BTreeMap<String, String> =
+        [(oomsnap::config::POLL_MAX.to_string(), "1ms".to_string())].into();
+    let err = oomsnap::config::Config::from_vars(&vars).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert_eq!(err.0[0].var, oomsnap::config::POLL_MAX, "{err}");
+    assert_eq!(err.0[0].value, "1ms", "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Annotations: the rate period (target `annotations`)
+// ---------------------------------------------------------------------------
+
+/// `oomsnap.dev/rate-period: "1000years"` is accepted by `annotations::apply`
+/// (any duration above zero), and the follower then rebuilds the quota with
+/// it: governor converts the period to u64 nanoseconds and panics ("Duration
+/// is longer than 584 years"). The panic happens while the admission mutex
+/// is held, and the release build aborts on panic, so a pod owner can stop
+/// the sidecar with one annotation, and it crash-loops, since the file is
+/// read again at start. DESIGN §7: a bad annotation "never stops the
+/// sidecar". `OOMSNAP_RATE_PERIOD` has the same shape at start-up.
+///
+/// Fix: (1) src/annotations.rs, the `RATE_PERIOD` arm of `apply`: accept
+/// `Ok(d) if !d.is_zero() && d <= MAX_RATE_PERIOD` (say 30 days, also used
+/// by config.rs for `OOMSNAP_RATE_PERIOD`); (2) src/limit.rs,
+/// `Admission::with_clock`: clamp, `period.clamp(Duration::from_millis(1),
+/// MAX_RATE_PERIOD)`, so governor never sees a period it cannot hold.
+#[test]
+#[ignore = "a rate-period annotation over 584 years panics in governor (see comment)"]
+fn a_huge_rate_period_annotation_is_refused_not_a_panic() {
+    use std::collections::BTreeMap;
+    let found = include_bytes!("../fuzz/regressions/annotations-rate-period-over-584-years");
+    let env = oomsnap::config::Config::from_vars(&BTreeMap::<String, String>::new())
+        .unwrap()
+        .0;
+    let good = oomsnap::annotations::Tunables::from_config(&env);
+    for file in [
+        String::from_utf8_lossy(found).into_owned(),
+        "oomsnap.dev/rate-period=\"1000years\"\n".to_string(),
+    ] {
+        let ann = oomsnap::annotations::parse_file(&file);
+        let (t, problems) = oomsnap::annotations::apply(&ann, &env, &good);
+        let built = std::panic::catch_unwind(|| {
+            oomsnap::limit::Admission::new(t.rate_burst, t.rate_period);
+        });
+        assert!(built.is_ok(), "{file:?}: the quota panicked");
+        assert_eq!(t.rate_period, good.rate_period, "{file:?} was applied");
+        assert!(
+            problems.iter().any(|p| p.contains("rate-period")),
+            "{problems:?}"
+        );
+    }
 }
