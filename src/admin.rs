@@ -461,13 +461,17 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 async fn capture(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    // Read (and so bounded by DefaultBodyLimit) though unused: a body over
+    // the limit is refused with 413 before anything else happens.
+    _body: axum::body::Bytes,
 ) -> Response {
     let s = &app.shared;
     match s.config.admin_capture {
         AdminCapture::Off => {
             return (StatusCode::FORBIDDEN, "manual captures are switched off (OOMSNAP_ADMIN_CAPTURE=off)\n").into_response()
         }
-        AdminCapture::Loopback if !peer.ip().is_loopback() => {
+        // An IPv4 client of a [::] listener arrives IPv4-mapped.
+        AdminCapture::Loopback if !peer.ip().to_canonical().is_loopback() => {
             return (
                 StatusCode::FORBIDDEN,
                 format!("manual captures are allowed from loopback only (OOMSNAP_ADMIN_CAPTURE=loopback); {} is not\n", peer.ip()),
@@ -485,7 +489,12 @@ async fn capture(
             .into_response();
     }
     // Long enough for a cpu profile, a full fetch and the spool.
-    let wait = s.config.fetch_timeout * 2 + s.config.cpu_profile_duration + Duration::from_secs(5);
+    let wait = s
+        .config
+        .fetch_timeout
+        .saturating_mul(2)
+        .saturating_add(s.config.cpu_profile_duration)
+        .saturating_add(Duration::from_secs(5));
     match tokio::time::timeout(wait, rx).await {
         Ok(Ok(Ok(key))) => {
             (StatusCode::OK, Json(serde_json::json!({ "key": key }))).into_response()

@@ -223,12 +223,12 @@ pub fn apply(
     }
     if let Some(v) = ann.get(RATE_PERIOD) {
         match parse_duration(v) {
-            Ok(d) if !d.is_zero() => t.rate_period = d,
+            Ok(d) if !d.is_zero() && d <= crate::config::MAX_LONG_DURATION => t.rate_period = d,
             _ => {
                 bad(
                     RATE_PERIOD,
                     v,
-                    "expected a duration above zero such as 10m".into(),
+                    "expected a duration above zero such as 10m, at most 30days".into(),
                     &mut problems,
                 );
                 t.rate_period = last_good.rate_period;

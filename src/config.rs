@@ -334,12 +334,17 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, var: &str, default: Duration) -> Duration {
+    /// A duration up to `max`: larger values would overflow the arithmetic
+    /// that uses them long after start, so they are refused here.
+    fn duration(&mut self, var: &str, default: Duration, max: Duration) -> Duration {
         self.parse(
             var,
             default,
-            "a duration such as 250ms, 10s or 5m",
-            parse_duration,
+            &format!(
+                "a duration such as 250ms, 10s or 5m, at most {}",
+                humantime::format_duration(max)
+            ),
+            |v| bounded(v, Duration::ZERO, max),
         )
     }
 
@@ -396,8 +401,8 @@ impl Config {
                 }
             },
         );
-        let lead_time = r.duration(LEAD_TIME, DEFAULT_LEAD_TIME);
-        let baseline_every = r.duration(BASELINE_EVERY, DEFAULT_BASELINE_EVERY);
+        let lead_time = r.duration(LEAD_TIME, DEFAULT_LEAD_TIME, MAX_SHORT_DURATION);
+        let baseline_every = r.duration(BASELINE_EVERY, DEFAULT_BASELINE_EVERY, MAX_LONG_DURATION);
         let rate_burst = r.parse(
             RATE_BURST,
             DEFAULT_RATE_BURST,
@@ -410,11 +415,8 @@ impl Config {
         let rate_period = r.parse(
             RATE_PERIOD,
             DEFAULT_RATE_PERIOD,
-            "a duration above zero such as 10m",
-            |v| match parse_duration(v)? {
-                d if d.is_zero() => Err("it must be above zero".into()),
-                d => Ok(d),
-            },
+            "a duration above zero such as 10m, at most 30days",
+            |v| bounded(v, Duration::from_millis(1), MAX_LONG_DURATION),
         );
         let profiles = r.parse(
             PROFILES,
@@ -429,15 +431,16 @@ impl Config {
             ),
             parse_profiles,
         );
-        let cpu_profile_duration = r.duration(CPU_PROFILE_DURATION, DEFAULT_CPU_PROFILE_DURATION);
+        let cpu_profile_duration = r.duration(
+            CPU_PROFILE_DURATION,
+            DEFAULT_CPU_PROFILE_DURATION,
+            MAX_SHORT_DURATION,
+        );
         let fetch_timeout = r.parse(
             FETCH_TIMEOUT,
             DEFAULT_FETCH_TIMEOUT,
-            "a duration above zero such as 10s",
-            |v| match parse_duration(v)? {
-                d if d.is_zero() => Err("it must be above zero".into()),
-                d => Ok(d),
-            },
+            "a duration above zero such as 10s, at most 1h",
+            |v| bounded(v, Duration::from_millis(1), MAX_SHORT_DURATION),
         );
         let max_profile_bytes = r.parse(
             MAX_PROFILE_BYTES,
@@ -485,7 +488,7 @@ impl Config {
                 _ => Err(String::new()),
             },
         );
-        let shutdown_grace = r.duration(SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE);
+        let shutdown_grace = r.duration(SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE, MAX_SHORT_DURATION);
         let poll_min = r.parse(
             POLL_MIN,
             DEFAULT_POLL_MIN,
@@ -671,6 +674,30 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
     }
 }
 
+/// The longest timeout, grace, lead time or profile duration.
+pub const MAX_SHORT_DURATION: Duration = Duration::from_secs(3600);
+/// The longest period (quota refill, baseline refresh).
+pub const MAX_LONG_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration within `min..=max`.
+pub fn bounded(v: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d < min {
+        Err(if min <= Duration::from_millis(1) {
+            "it must be above zero".into()
+        } else {
+            format!("it must be at least {}", humantime::format_duration(min))
+        })
+    } else if d > max {
+        Err(format!(
+            "it must be at most {}",
+            humantime::format_duration(max)
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
 fn nonzero_size(v: &str) -> Result<u64, String> {
     match parse_size(v)? {
         0 => Err("it must be above zero".into()),
@@ -746,8 +773,13 @@ pub fn parse_target(v: &str) -> Result<(String, u16), String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("it must not have a query or fragment".into());
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("it must not carry credentials (user:password@)".into());
+    }
     let port = url.port_or_known_default().unwrap_or(80);
-    Ok((v.trim_end_matches('/').to_string(), port))
+    // The URL as it will be fetched: the parser drops tabs and newlines,
+    // which must not reach logs or /status either.
+    Ok((url.as_str().trim_end_matches('/').to_string(), port))
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub fn compact_time(t: SystemTime) -> String {
 /// Parses a compact time back (for `oomsnap ls --since`).
 pub fn parse_compact_time(s: &str) -> Option<SystemTime> {
     // 20261122T033456.123Z
-    if s.len() < 16 {
+    if s.len() < 16 || !s.is_ascii() {
         return None;
     }
     let b = s.as_bytes();

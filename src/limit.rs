@@ -51,7 +51,10 @@ impl Admission<DefaultClock> {
 
 impl<C: Clock + Clone> Admission<C> {
     pub fn with_clock(burst: u32, period: Duration, clock: C) -> Self {
-        let quota = Quota::with_period(period.max(Duration::from_millis(1)))
+        // The configuration bounds the period; the clamp keeps governor's
+        // own arithmetic safe whatever a caller passes.
+        let period = period.clamp(Duration::from_millis(1), crate::config::MAX_LONG_DURATION);
+        let quota = Quota::with_period(period)
             .expect("period above zero")
             .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst above zero"));
         let limiter = RateLimiter::direct_with_clock(quota, clock.clone())

@@ -239,6 +239,10 @@ pub enum PprofError {
     SampleTypeMismatch { base: String, current: String },
 }
 
+/// The most frames gathered for one sample (Go records at most 128 per
+/// stack; summaries show [`MAX_STACK_FRAMES`]).
+pub const MAX_SAMPLE_FRAMES: usize = 1024;
+
 // ---------------------------------------------------------------------------
 // Decoding
 // ---------------------------------------------------------------------------
@@ -266,6 +270,7 @@ pub fn decode_with_limit(bytes: &[u8], max_decompressed_bytes: u64) -> Result<Pr
                 limit: max_decompressed_bytes,
             });
         }
+        check_shape(&raw)?;
         Profile::decode(raw.as_slice()).map_err(|e| PprofError::NotProtobuf {
             detail: format!(
                 "the gzip stream holds {} bytes that are not a profile: {e}",
@@ -278,6 +283,7 @@ pub fn decode_with_limit(bytes: &[u8], max_decompressed_bytes: u64) -> Result<Pr
                 limit: max_decompressed_bytes,
             });
         }
+        check_shape(bytes)?;
         Profile::decode(bytes).map_err(|e| PprofError::NotProtobuf {
             detail: format!(
                 "no gzip magic, and not raw protobuf either: {e}{}",
@@ -285,6 +291,67 @@ pub fn decode_with_limit(bytes: &[u8], max_decompressed_bytes: u64) -> Result<Pr
             ),
         })
     }
+}
+
+/// What decoding may spend on message structs, beyond the bytes
+/// themselves: an empty sample is 2 bytes on the wire but a 72-byte struct,
+/// so a small body could otherwise inflate 36-fold inside a sidecar that
+/// lives in 32Mi.
+pub const MAX_DECODED_STRUCT_BYTES: usize = 24 << 20;
+
+/// Counts the top-level repeated messages in one pass, allocating nothing,
+/// and refuses a profile whose structs alone would exceed
+/// [`MAX_DECODED_STRUCT_BYTES`]. Malformed framing is left for the decoder
+/// to report.
+fn check_shape(raw: &[u8]) -> Result<(), PprofError> {
+    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut i = 0;
+    let mut bytes = 0usize;
+    while i < raw.len() {
+        let Some(key) = varint(raw, &mut i) else {
+            break;
+        };
+        let size = match key >> 3 {
+            2 => std::mem::size_of::<Sample>(),
+            3 => std::mem::size_of::<Mapping>(),
+            4 => std::mem::size_of::<Location>(),
+            5 => std::mem::size_of::<Function>(),
+            6 => std::mem::size_of::<String>(),
+            _ => 0,
+        };
+        bytes = bytes.saturating_add(size);
+        match key & 7 {
+            0 => {
+                if varint(raw, &mut i).is_none() {
+                    break;
+                }
+            }
+            1 => i += 8,
+            2 => match varint(raw, &mut i) {
+                Some(len) => i = i.saturating_add(len as usize),
+                None => break,
+            },
+            5 => i += 4,
+            _ => break,
+        }
+        if bytes > MAX_DECODED_STRUCT_BYTES {
+            return Err(PprofError::TooLarge {
+                limit: MAX_DECODED_STRUCT_BYTES as u64,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A hint for the common case of a text body (an HTML 404 page, a
@@ -422,11 +489,21 @@ impl<'p> Symbols<'p> {
         frames
     }
 
-    /// All frames of a sample, leaf first (inlined callees before callers).
+    /// The frames of a sample, leaf first (inlined callees before callers),
+    /// at most [`MAX_SAMPLE_FRAMES`]: a hostile profile can reference one
+    /// location with thousands of lines thousands of times.
     fn sample_frames(&mut self, s: &Sample) -> Vec<u32> {
         let mut out = Vec::new();
         for &id in &s.location_id {
-            out.extend(self.location_frames(id));
+            if out.len() >= MAX_SAMPLE_FRAMES {
+                break;
+            }
+            if !self.frames_of.contains_key(&id) {
+                self.location_frames(id);
+            }
+            let frames = &self.frames_of[&id];
+            let take = frames.len().min(MAX_SAMPLE_FRAMES - out.len());
+            out.extend_from_slice(&frames[..take]);
         }
         out
     }

@@ -17,6 +17,9 @@ use object_store::ObjectStore;
 pub enum StoreError {
     #[error("{0:?} is not a URL")]
     NotAUrl(String),
+    /// Never echo the URL: it holds a secret.
+    #[error("the URL carries credentials (user:password@); give them through the provider's environment (AWS_*, AZURE_*, GOOGLE_*) instead")]
+    Credentials,
     #[error("scheme {0:?} is not supported")]
     Scheme(String),
     #[error("{0} needs a bucket or container name after the scheme")]
@@ -48,6 +51,9 @@ pub enum StoreUrl {
 impl StoreUrl {
     pub fn parse(s: &str) -> Result<StoreUrl, StoreError> {
         let url = reqwest::Url::parse(s.trim()).map_err(|_| StoreError::NotAUrl(s.into()))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(StoreError::Credentials);
+        }
         let prefix = url.path().trim_matches('/').to_string();
         let bucket = || -> Result<String, StoreError> {
             match url.host_str() {

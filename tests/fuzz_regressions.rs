@@ -91,7 +91,6 @@ const SIDECAR_LIMIT: usize = 32 << 20;
 /// Fix (src/keys.rs, `parse_compact_time`): refuse non-ASCII before slicing,
 /// `if s.len() < 16 || !s.is_ascii() { return None; }`.
 #[test]
-#[ignore = "panics until parse_compact_time refuses non-ASCII (see comment)"]
 fn compact_time_with_a_multibyte_char_is_refused_not_a_panic() {
     let found = include_bytes!("../fuzz/regressions/keys-parse_compact_time-non-ascii");
     let text = String::from_utf8_lossy(found);
@@ -126,7 +125,6 @@ fn compact_time_still_reads_real_ids() {
 /// Fix (src/config.rs, `parse_target`): return the parsed URL's own
 /// serialisation, `Ok((url.as_str().trim_end_matches('/').to_string(), port))`.
 #[test]
-#[ignore = "parse_target returns the raw input until it returns url.as_str() (see comment)"]
 fn target_is_returned_as_the_url_that_is_fetched() {
     let found = include_bytes!("../fuzz/regressions/config-parse_target-raw-control-chars");
     // The input is a config line: first byte picks the variable; the target
@@ -171,7 +169,6 @@ fn target_is_returned_as_the_url_that_is_fetched() {
 /// exceeds the budget. A refused summary is a manifest note ("too large to
 /// summarise in the sidecar; run oomsnap report"), the capture still ships.
 #[test]
-#[ignore = "decode allocates ~36x the decompressed size (see comment)"]
 fn a_tiny_body_of_empty_samples_cannot_exhaust_the_sidecar() {
     const SAMPLES: usize = 4 << 20;
     let raw: Vec<u8> = [0x12u8, 0x00].repeat(SAMPLES); // field 2, length 0
@@ -203,7 +200,6 @@ fn a_tiny_body_of_empty_samples_cannot_exhaust_the_sidecar() {
 /// instead of a clone, and `sample_frames` stops once it holds that many,
 /// counting the rest only as a number for `omitted_frames`.
 #[test]
-#[ignore = "sample_frames expands L x S frames (see comment)"]
 fn one_sample_cannot_expand_into_millions_of_frames() {
     const LINES: usize = 10_000;
     const REFS: usize = 10_000;
@@ -284,7 +280,6 @@ fn real_profiles_summarise_within_the_sidecar_limit() {
 /// at most …" in the error; and use `saturating_mul`/`saturating_add` in
 /// admin.rs and capture.rs so no later change brings the panic back.
 #[test]
-#[ignore = "absurd durations validate, then overflow (see comment)"]
 fn absurd_durations_are_refused_at_start() {
     use std::collections::BTreeMap;
     // The fuzzer's input: OOMSNAP_SHUTDOWN_GRACE=5555555555555years… (key
@@ -305,53 +300,29 @@ fn absurd_durations_are_refused_at_start() {
     }
 }
 
-/// The end-to-end shape of the same bug: a running sidecar with that
-/// timeout must still answer `POST /capture` with an HTTP status.
+/// The end-to-end shape of the same bug: the running sidecar used to
+/// accept that timeout and then never answer `POST /capture`. Now it stops
+/// at start, exit code 2, naming the variable.
 #[test]
-#[ignore = "absurd durations validate, then overflow (see comment above)"]
-fn post_capture_answers_with_an_absurd_fetch_timeout() {
+fn an_absurd_fetch_timeout_stops_the_sidecar_at_start() {
     let dir = common::temp_dir("fuzzreg");
-    let cg = dir.path().join("cg");
-    std::fs::create_dir_all(&cg).unwrap();
-    std::fs::write(cg.join("memory.current"), "1000000\n").unwrap();
-    std::fs::write(cg.join("memory.max"), "268435456\n").unwrap();
-    let port = common::free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oomsnap"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oomsnap"))
         .arg("run")
         .env_clear()
-        .env("OOMSNAP_CGROUP", &cg)
-        .env(
-            "OOMSNAP_STORE",
-            format!("file://{}", dir.path().join("store").display()),
-        )
         .env("OOMSNAP_SPOOL_DIR", dir.path().join("spool"))
-        .env("OOMSNAP_ADMIN_ADDR", format!("127.0.0.1:{port}"))
         .env(
-            "OOMSNAP_TARGET",
-            format!("http://127.0.0.1:{}/debug/pprof", common::free_port()),
+            "OOMSNAP_ADMIN_ADDR",
+            format!("127.0.0.1:{}", common::free_port()),
         )
-        .env("OOMSNAP_KERNEL_WAKEUPS", "false")
         .env("OOMSNAP_FETCH_TIMEOUT", "300000000000y")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+        .output()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let up = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        common::http_get(&format!("{url}/healthz")).is_ok()
-    });
-    let res = common::http_request(
-        "POST",
-        &format!("{url}/capture"),
-        &[],
-        &[],
-        Duration::from_secs(10),
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OOMSNAP_FETCH_TIMEOUT") && err.contains("at most 1h"),
+        "{err}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(up, "oomsnap did not serve /healthz");
-    let (code, _) = res.expect("POST /capture got no HTTP answer");
-    assert!(code >= 200, "{code}");
 }
 
 // ---------------------------------------------------------------------------
@@ -366,7 +337,6 @@ fn post_capture_answers_with_an_absurd_fetch_timeout() {
 /// when `POLL_MIN` is unset — `"a duration no shorter than OOMSNAP_POLL_MIN
 /// (2ms)"` — and keep blaming `POLL_MIN` when both are set.
 #[test]
-#[ignore = "the error names the unset OOMSNAP_POLL_MIN (see comment)"]
 fn a_too_small_poll_max_is_reported_as_poll_max() {
     use std::collections::BTreeMap;
     let found = include_bytes!("../fuzz/regressions/config-poll-max-names-poll-min");
@@ -401,7 +371,6 @@ fn a_too_small_poll_max_is_reported_as_poll_max() {
 /// `Admission::with_clock`: clamp, `period.clamp(Duration::from_millis(1),
 /// MAX_RATE_PERIOD)`, so governor never sees a period it cannot hold.
 #[test]
-#[ignore = "a rate-period annotation over 584 years panics in governor (see comment)"]
 fn a_huge_rate_period_annotation_is_refused_not_a_panic() {
     use std::collections::BTreeMap;
     let found = include_bytes!("../fuzz/regressions/annotations-rate-period-over-584-years");

@@ -319,7 +319,6 @@ fn the_serialised_config_holds_no_credentials() {
 /// the URL; use the provider's environment (AWS_*, AZURE_*, GOOGLE_*)") }`.
 /// Refusing beats redacting: the value is then never stored anywhere.
 #[test]
-#[ignore = "URLs with userinfo are accepted and printed; see the fix in the comment"]
 fn credentials_inside_urls_are_refused() {
     for (var, value) in [
         (
@@ -640,7 +639,6 @@ fn post_big(addr: SocketAddr, path: &str, len: usize) -> Option<u16> {
 /// answered 413 before the handler runs), or check `Content-Length` and
 /// answer 413 for anything above 0 at the top of the handler.
 #[test]
-#[ignore = "the capture handler never reads its body, so the limit never applies; see the fix"]
 fn a_ten_mib_capture_body_is_refused_without_growing_rss() {
     let dir = common::temp_dir("sec-body");
     let admin = loopback_admin();
