@@ -325,7 +325,7 @@ impl Reader<'_> {
                     };
                     self.errors.push(ConfigError {
                         var: var.to_string(),
-                        value: v,
+                        value: redact(&v),
                         expected,
                     });
                     default
@@ -592,6 +592,19 @@ impl Config {
             },
             warnings,
         ))
+    }
+}
+
+/// A value fit to print: a URL's user and password are masked, since an
+/// error message goes to logs.
+pub fn redact(v: &str) -> String {
+    match reqwest::Url::parse(v) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("REDACTED");
+            let _ = u.set_password(Some("REDACTED"));
+            u.to_string()
+        }
+        _ => v.to_string(),
     }
 }
 
