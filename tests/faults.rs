@@ -279,7 +279,14 @@ fn store_down_at_capture_time_ships_everything_when_it_returns() {
                 >= 1.0
         }
     ));
-    assert!(snap.logs().contains("upload failed"), "{}", snap.logs());
+    // Said after the pass's attempts at the bundle are spent.
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(100), || snap
+            .logs()
+            .contains("upload failed")),
+        "{}",
+        snap.logs()
+    );
     let (_, ready) = snap.get("/readyz");
     assert!(ready.contains("has not answered"), "{ready}");
 

@@ -565,8 +565,16 @@ fn run(
             (Some(k), Some(l)) if l > 0 => Some(k * 100.0 / l as f64),
             _ => None,
         };
+        // The distance is measured on usage, which is at least the working
+        // set: the kernel's thresholds are on usage too, so once usage is
+        // past a rung the working set may follow any moment, and polling
+        // must already be at its fastest.
+        let usage_pct = match sample.limit {
+            Some(l) if l > 0 => sample.usage as f64 * 100.0 / l as f64,
+            _ => sample.percent(),
+        };
         let interval = poll_interval(
-            sample.percent(),
+            usage_pct,
             trigger.next_rung(),
             pct_per_s,
             cfg.poll_min,
