@@ -44,8 +44,8 @@ pub struct TriggerSample {
 }
 
 impl TriggerSample {
-    pub fn from_decision(d: &crate::trigger::Decision, wake: Option<&str>) -> TriggerSample {
-        let s = &d.sample;
+    /// A bare sample, without what a decision adds.
+    pub fn from_sample(s: &crate::memory::Sample) -> TriggerSample {
         TriggerSample {
             sampled_at: timestamp(s.wall),
             usage_bytes: s.usage,
@@ -54,11 +54,20 @@ impl TriggerSample {
             percent: (s.percent() * 100.0).round() / 100.0,
             anon_bytes: s.anon,
             file_bytes: s.file,
+            slope_bytes_per_second: None,
+            predicted_seconds_to_oom: None,
+            wake: None,
+        }
+    }
+
+    pub fn from_decision(d: &crate::trigger::Decision, wake: Option<&str>) -> TriggerSample {
+        TriggerSample {
             slope_bytes_per_second: d.slope.map(f64::round),
             predicted_seconds_to_oom: d
                 .predicted_oom_in
                 .map(|p| (p.as_secs_f64() * 1e3).round() / 1e3),
             wake: wake.map(str::to_string),
+            ..TriggerSample::from_sample(&d.sample)
         }
     }
 }

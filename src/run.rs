@@ -465,18 +465,7 @@ impl Pipeline {
             evidence: evidence.into(),
             oom_kills: kills,
             lead_seconds: lead.map(|l| (l * 1e6).round() / 1e6),
-            last_sample: last.map(|s| TriggerSample {
-                sampled_at: manifest::timestamp(s.wall),
-                usage_bytes: s.usage,
-                working_set_bytes: s.working_set,
-                limit_bytes: s.limit,
-                percent: (s.percent() * 100.0).round() / 100.0,
-                anon_bytes: s.anon,
-                file_bytes: s.file,
-                slope_bytes_per_second: None,
-                predicted_seconds_to_oom: None,
-                wake: None,
-            }),
+            last_sample: last.as_ref().map(TriggerSample::from_sample),
         };
         tracing::warn!(
             capture = %cap.id,
