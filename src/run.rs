@@ -427,11 +427,19 @@ impl Pipeline {
         kills: Option<u64>,
         last: Option<Sample>,
     ) {
+        // The newest near-OOM capture that was on disk before the kill is
+        // the evidence; one that finished after it (fetched from the dying
+        // app) only counts when there is nothing better.
         let last_capture = self.shared.captures.lock().ok().and_then(|c| {
-            c.iter()
+            let near: Vec<&CaptureEntry> = c
+                .iter()
+                .filter(|e| e.reason != "baseline" && e.profiles_ok > 0)
+                .collect();
+            near.iter()
                 .rev()
-                .find(|e| e.reason != "baseline" && e.profiles_ok > 0)
-                .cloned()
+                .find(|e| e.durable_at.is_some_and(|d| d <= at))
+                .or(near.last())
+                .map(|e| (*e).clone())
         });
         let Some(cap) = last_capture else {
             tracing::warn!(
@@ -451,11 +459,12 @@ impl Pipeline {
             return;
         }
         self.oom_recorded_for = Some(cap.id.clone());
-        let lead = cap
-            .durable_at
-            .and_then(|d| at.duration_since(d).ok())
-            .map(|d| d.as_secs_f64());
-        if let Some(l) = lead {
+        // Negative when the capture became durable only after the kill.
+        let lead = cap.durable_at.map(|d| match at.duration_since(d) {
+            Ok(ahead) => ahead.as_secs_f64(),
+            Err(behind) => -behind.duration().as_secs_f64(),
+        });
+        if let Some(l) = lead.filter(|l| *l >= 0.0) {
             self.shared.metrics.lead_seconds.observe(l);
         }
         let rec = OomRecord {
@@ -472,8 +481,12 @@ impl Pipeline {
             key = %cap.key,
             evidence,
             lead_seconds = ?rec.lead_seconds,
-            "the app was OOM-killed; the capture was durable {} before the kill",
-            lead.map(|l| format!("{:.3}s", l)).unwrap_or_else(|| "an unknown time".into())
+            "the app was OOM-killed; {}",
+            match lead {
+                Some(l) if l >= 0.0 => format!("the capture was durable {l:.3}s before the kill"),
+                Some(l) => format!("the last capture became durable only {:.3}s after the kill", -l),
+                None => "the capture's timing is unknown".into(),
+            }
         );
         if let Some(spool) = &self.spool {
             let id = format!("{}_oom", keys::compact_time(SystemTime::now()));
