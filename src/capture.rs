@@ -14,7 +14,6 @@
 //! does not pay for a TCP handshake.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::manifest::{ms, timestamp, Manifest, ProfileRecord};
@@ -55,6 +54,8 @@ pub enum CaptureError {
     Client(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("the task writing the manifest failed: {0}")]
+    Task(String),
     #[error("every profile of capture {id} failed: {errors}")]
     AllFailed { id: String, errors: String },
 }
@@ -131,7 +132,7 @@ impl Capturer {
         let m = manifest.clone();
         tokio::task::spawn_blocking(move || writer.finish(&m))
             .await
-            .map_err(|e| CaptureError::Client(e.to_string()))??;
+            .map_err(|e| CaptureError::Task(e.to_string()))??;
         if !manifest.profiles.iter().any(ProfileRecord::ok) {
             return Err(CaptureError::AllFailed {
                 id: manifest.capture_id.clone(),
@@ -333,9 +334,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-
-/// Shared, swappable settings (annotations change them live).
-pub type SharedSettings = Arc<std::sync::RwLock<CaptureSettings>>;
 
 #[cfg(test)]
 mod tests {

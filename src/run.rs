@@ -104,7 +104,6 @@ struct Pipeline {
     pending: Option<(Decision, Wake, Option<Reply>)>,
     done_tx: mpsc::UnboundedSender<(Manifest, Result<(), String>)>,
     oom_recorded_for: Option<String>,
-    last_sample: Option<Sample>,
     /// Set when the watcher cannot go on; stops the run.
     fatal: Option<String>,
     /// An OOM kill seen while a capture was in flight.
@@ -133,45 +132,21 @@ pub enum RunError {
 
 impl Pipeline {
     fn draft(&self, id: &str, d: &Decision, wake: Option<Wake>) -> Manifest {
-        let c = &self.shared.config;
-        Manifest {
-            schema: SCHEMA,
-            oomsnap_version: crate::VERSION.into(),
-            capture_id: id.into(),
-            reason: d.reason.label(),
-            namespace: c.identity.namespace.clone(),
-            pod: c.identity.pod.clone(),
-            container: c.identity.container.clone(),
-            node: c.identity.node.clone(),
-            pod_uid: c.identity.pod_uid.clone(),
-            target: self
-                .shared
-                .capture_settings
-                .read()
-                .map(|s| s.target.clone())
-                .unwrap_or_default(),
-            target_pid: self.source.as_ref().and_then(|s| s.pid),
-            target_restarts: self.restarts,
-            source: self.source.as_ref().map(|s| SourceInfo {
-                strategy: s.strategy.name().into(),
-                description: s.describe(),
-            }),
-            trigger: TriggerSample::from_decision(
-                d,
-                wake.map(|w| match w {
-                    Wake::Kernel => "kernel",
-                    Wake::Poll => "poll",
-                    Wake::Start => "start",
-                    Wake::Manual => "manual",
-                }),
-            ),
-            decided_at: manifest::timestamp(d.sample.wall),
-            first_request_after_decision_ms: None,
-            spooled_at: String::new(),
-            profiles: Vec::new(),
-            summary: None,
-            baseline: None,
-        }
+        let target = self
+            .shared
+            .capture_settings
+            .read()
+            .map(|s| s.target.clone())
+            .unwrap_or_default();
+        draft(
+            &self.shared.config,
+            target,
+            self.source.as_ref(),
+            self.restarts,
+            id,
+            d,
+            wake,
+        )
     }
 
     fn decide(&mut self, d: Decision, wake: Wake, reply: Option<Reply>) {
@@ -536,13 +511,49 @@ impl Pipeline {
                 }
             }
             WatchEvent::Decision { decision, wake } => {
-                self.last_sample = Some(decision.sample);
                 self.decide(decision, wake, None);
             }
             WatchEvent::OomKill { at, kills, last } => {
                 self.record_oom(at, "oom_kill", Some(kills), Some(last));
             }
         }
+    }
+}
+
+/// A capture's manifest before its profiles: who, why, and the sample.
+fn draft(
+    c: &Config,
+    target: String,
+    source: Option<&MemorySource>,
+    restarts: u32,
+    id: &str,
+    d: &Decision,
+    wake: Option<Wake>,
+) -> Manifest {
+    Manifest {
+        schema: SCHEMA,
+        oomsnap_version: crate::VERSION.into(),
+        capture_id: id.into(),
+        reason: d.reason.label(),
+        namespace: c.identity.namespace.clone(),
+        pod: c.identity.pod.clone(),
+        container: c.identity.container.clone(),
+        node: c.identity.node.clone(),
+        pod_uid: c.identity.pod_uid.clone(),
+        target,
+        target_pid: source.and_then(|s| s.pid),
+        target_restarts: restarts,
+        source: source.map(|s| SourceInfo {
+            strategy: s.strategy.name().into(),
+            description: s.describe(),
+        }),
+        trigger: TriggerSample::from_decision(d, wake.map(Wake::name)),
+        decided_at: manifest::timestamp(d.sample.wall),
+        first_request_after_decision_ms: None,
+        spooled_at: String::new(),
+        profiles: Vec::new(),
+        summary: None,
+        baseline: None,
     }
 }
 
@@ -661,7 +672,6 @@ pub async fn run(config: Config, mode: Mode, warnings: Vec<String>) -> Result<()
         pending: None,
         done_tx,
         oom_recorded_for: None,
-        last_sample: None,
         fatal: None,
         pending_oom: None,
     };
@@ -773,31 +783,24 @@ pub async fn capture_once(config: Config) -> Result<(String, Manifest), RunError
     };
     let id = unique_id(&spool, &keys::capture_id(SystemTime::now(), "manual"));
     let key = keys::capture_prefix(&shipper.store.prefix, &config.identity, &id).to_string();
-    let (tx, _rx) = mpsc::channel(1);
-    let p = Pipeline {
-        shared: shared(config.clone(), Some(shipper.clone()), tx),
-        mode: Mode::Run,
-        spool: Some(spool.clone()),
-        capturer: Capturer::new().map_err(|e| RunError::Other(e.to_string()))?,
-        source,
-        restarts: 0,
-        in_flight: None,
-        pending: None,
-        done_tx: mpsc::unbounded_channel().0,
-        oom_recorded_for: None,
-        last_sample: None,
-        fatal: None,
-        pending_oom: None,
-    };
-    let mut m = p.draft(&id, &d, None);
+    let settings = CaptureSettings::from_config(&config);
+    let mut m = draft(
+        &config,
+        settings.target.clone(),
+        source.as_ref(),
+        0,
+        &id,
+        &d,
+        None,
+    );
     let writer = spool
         .begin(&id, &key, &m)
         .map_err(|source| RunError::Spool {
             dir: config.spool_dir.clone(),
             source,
         })?;
-    let settings = CaptureSettings::from_config(&config);
-    p.capturer
+    Capturer::new()
+        .map_err(|e| RunError::Other(e.to_string()))?
         .fetch_all(&settings, &writer, &mut m, Instant::now())
         .await;
     crate::summary::summarise(writer.dir(), spool.dir(), &mut m, false);

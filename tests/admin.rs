@@ -325,15 +325,13 @@ fn an_oom_kill_writes_oom_json_beside_the_last_capture() {
     cg.oom_kill(1);
     let store = dir.path().join("store");
     assert!(
-        wait_until(Duration::from_secs(10), Duration::from_millis(50), || walk(
-            &store
-        )
-        .iter()
-        .any(|p| p.ends_with("oom.json"))),
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            files_under(&store).iter().any(|p| p.ends_with("oom.json"))
+        }),
         "{}",
         snap.logs()
     );
-    let oom = walk(&store)
+    let oom = files_under(&store)
         .into_iter()
         .find(|p| p.ends_with("oom.json"))
         .unwrap();
@@ -354,19 +352,4 @@ fn an_oom_kill_writes_oom_json_beside_the_last_capture() {
     let m = snap.get("/metrics").1;
     assert_eq!(metric(&m, "oomsnap_oom_kills_total"), Some(1.0));
     assert_eq!(metric(&m, "oomsnap_capture_lead_seconds_count"), Some(1.0));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

@@ -27,21 +27,6 @@ fn base_env(cg: &Path, target: &str, dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_target_not_listening_yet_is_reported_then_captured_once_it_is() {
     if !go_available() && !require_live("go") {
@@ -155,7 +140,7 @@ fn a_target_in_a_crash_loop_is_followed_and_the_quota_holds() {
         snap.logs()
     );
     let store = dir.path().join("store");
-    let manifests: Vec<Manifest> = walk(&store)
+    let manifests: Vec<Manifest> = files_under(&store)
         .into_iter()
         .filter(|p| p.ends_with("manifest.json"))
         .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
@@ -175,7 +160,7 @@ fn a_target_in_a_crash_loop_is_followed_and_the_quota_holds() {
         pids.len() >= 2,
         "the captures are tagged with the life of the app they come from: {pids:?}"
     );
-    let spool_bytes: u64 = walk(&dir.path().join("spool"))
+    let spool_bytes: u64 = files_under(&dir.path().join("spool"))
         .iter()
         .map(|p| p.metadata().unwrap().len())
         .sum();

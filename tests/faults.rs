@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,7 +128,7 @@ fn each_bad_profile_is_recorded_and_the_rest_still_ships() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let manifest = find(&store, "manifest.json").expect("a manifest in the store");
+    let manifest = find_file(&store, "manifest.json").expect("a manifest in the store");
     let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     let err = |name: &str| {
         m.profiles
@@ -161,20 +161,6 @@ fn each_bad_profile_is_recorded_and_the_rest_still_ships() {
         stdout.contains("heap") && stdout.contains("failed"),
         "{stdout}"
     );
-}
-
-fn find(dir: &Path, name: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find(&p, name) {
-                return Some(f);
-            }
-        } else if e.file_name() == name {
-            return Some(p);
-        }
-    }
-    None
 }
 
 struct Rig {
@@ -541,9 +527,10 @@ fn slow_bodies_complete_and_wrong_lengths_are_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m: Manifest =
-        serde_json::from_slice(&std::fs::read(find(&store, "manifest.json").unwrap()).unwrap())
-            .unwrap();
+    let m: Manifest = serde_json::from_slice(
+        &std::fs::read(find_file(&store, "manifest.json").unwrap()).unwrap(),
+    )
+    .unwrap();
     let get = |n: &str| m.profiles.iter().find(|p| p.name == n).unwrap().clone();
     let heap = get("heap");
     assert!(heap.ok(), "{heap:?}");

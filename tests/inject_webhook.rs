@@ -8,6 +8,8 @@
 //! Without them the patch-application steps print a loud SKIP, unless
 //! `OOMSNAP_REQUIRE_LIVE=1` (CI), which turns a missing tool into a failure.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,27 +53,6 @@ fn live_tools() -> bool {
     false
 }
 
-/// The newest Kubernetes version `kubernetes-validate` bundles (its default).
-fn newest_kubernetes() -> String {
-    let out = Command::new("kubernetes-validate")
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let at = help
-        .find("Defaults to ")
-        .expect("kubernetes-validate --help names its default version");
-    help[at + "Defaults to ".len()..]
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()
-        .unwrap()
-        .trim_end_matches('.')
-        .to_string()
-}
-
 /// Writes `pod` for `kubernetes-validate`, which needs `metadata.name`; at
 /// admission a ReplicaSet's pod has only `generateName`, so a name is filled in.
 fn write_pod(file: &Path, pod: &Value) {
@@ -87,7 +68,7 @@ fn write_pod(file: &Path, pod: &Value) {
 }
 
 fn validate(file: &Path) {
-    for version in ["1.29".to_string(), newest_kubernetes()] {
+    for version in ["1.29".to_string(), common::newest_kubernetes()] {
         let out = Command::new("kubernetes-validate")
             .args(["--strict", "-k", &version])
             .arg(file)

@@ -6,6 +6,8 @@
 //! Needs `pip install kubernetes-validate`; without it the test prints a loud
 //! SKIP, unless `OOMSNAP_REQUIRE_LIVE=1` (CI), which makes it a failure.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,26 +34,6 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn is_kustomization(path: &Path) -> bool {
     path.file_name()
         .is_some_and(|n| n == "kustomization.yaml" || n == "kustomization.yml")
-}
-
-fn newest_kubernetes() -> String {
-    let out = Command::new("kubernetes-validate")
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let at = help
-        .find("Defaults to ")
-        .expect("kubernetes-validate --help names its default (newest) version");
-    help[at + "Defaults to ".len()..]
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()
-        .unwrap()
-        .trim_end_matches('.')
-        .to_string()
 }
 
 fn have_validator() -> bool {
@@ -84,7 +66,7 @@ fn every_manifest_under_deploy_is_valid_kubernetes() {
     );
 
     let mut failures = Vec::new();
-    for version in ["1.29".to_string(), newest_kubernetes()] {
+    for version in ["1.29".to_string(), common::newest_kubernetes()] {
         for file in &manifests {
             let out = Command::new("kubernetes-validate")
                 .args(["--strict", "-k", &version])

@@ -119,7 +119,10 @@ fn oscillating_around_the_thresholds_stays_bounded_and_ships_everything() {
                 .is_empty()
         }
     ));
-    let manifests = count(&dir.path().join("store"), "manifest.json");
+    let manifests = files_under(&dir.path().join("store"))
+        .iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .count();
     let all_captures: f64 = text
         .lines()
         .filter(|l| l.starts_with("oomsnap_captures_total{"))
@@ -149,19 +152,4 @@ fn oscillating_around_the_thresholds_stays_bounded_and_ships_everything() {
         manifests as f64, all_captures,
         "every capture must be shipped"
     );
-}
-
-fn count(dir: &std::path::Path, name: &str) -> usize {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                n += count(&p, name);
-            } else if e.file_name() == name {
-                n += 1;
-            }
-        }
-    }
-    n
 }

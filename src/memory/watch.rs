@@ -47,6 +47,18 @@ pub enum Wake {
     Manual,
 }
 
+impl Wake {
+    /// The name written into manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wake::Kernel => "kernel",
+            Wake::Poll => "poll",
+            Wake::Start => "start",
+            Wake::Manual => "manual",
+        }
+    }
+}
+
 /// What the watcher tells the pipeline.
 #[derive(Debug, Clone)]
 pub enum WatchEvent {

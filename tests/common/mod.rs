@@ -1518,3 +1518,51 @@ fn forward(client: TcpStream, upstream: u16) {
     std::thread::spawn(move || pipe(s2, c2));
     pipe(client, server);
 }
+
+// ---------------------------------------------------------------------------
+// Small shared helpers
+// ---------------------------------------------------------------------------
+
+/// Every file under `dir`, recursively (empty when `dir` is missing).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The first file named `name` under `dir`.
+pub fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == name))
+}
+
+/// The newest Kubernetes version `kubernetes-validate` bundles (its default).
+pub fn newest_kubernetes() -> String {
+    let out = Command::new("kubernetes-validate")
+        .arg("--help")
+        .output()
+        .expect("kubernetes-validate runs");
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let at = help
+        .find("Defaults to ")
+        .expect("kubernetes-validate --help names its default (newest) version");
+    help[at + "Defaults to ".len()..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_string()
+}
