@@ -132,8 +132,10 @@ pub const POD_UID: &str = "POD_UID";
 /// Node the pod runs on.
 pub const NODE_NAME: &str = "NODE_NAME";
 
-/// Every `OOMSNAP_*` name this build reads, for typo warnings and the docs test.
-/// Other modules (the injector) add their own names to the list they check.
+/// Every `OOMSNAP_*` name the sidecar reads, for typo warnings and the docs
+/// test. The binary adds the injector's names (`inject::KNOWN_VARS`) before it
+/// warns, so a shared ConfigMap does not warn; this module knows nothing of
+/// the injector.
 pub const KNOWN: &[&str] = &[
     CGROUP,
     CGROUP_ROOT,
@@ -360,6 +362,15 @@ impl Reader<'_> {
 impl Config {
     /// Reads every variable; returns the config and warnings, or all errors.
     pub fn from_vars(vars: &dyn Vars) -> Result<(Config, Vec<String>), ConfigErrors> {
+        Config::from_vars_known(vars, &[])
+    }
+
+    /// As [`Config::from_vars`], with more names that are known elsewhere
+    /// (the binary passes the injector's), so they raise no typo warning.
+    pub fn from_vars_known(
+        vars: &dyn Vars,
+        also_known: &[&str],
+    ) -> Result<(Config, Vec<String>), ConfigErrors> {
         let mut r = Reader {
             vars,
             errors: Vec::new(),
@@ -553,11 +564,7 @@ impl Config {
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
         }
-        let known: Vec<&str> = KNOWN
-            .iter()
-            .chain(crate::inject::KNOWN_VARS)
-            .copied()
-            .collect();
+        let known: Vec<&str> = KNOWN.iter().chain(also_known).copied().collect();
         let warnings = unknown_var_warnings(vars, &known);
         Ok((
             Config {

@@ -55,7 +55,7 @@ fn init_logs(format: LogFormat) {
 }
 
 fn load_config(format_override: Option<LogFormat>) -> Result<Config, ExitCode> {
-    match Config::from_vars(&ProcessEnv) {
+    match Config::from_vars_known(&ProcessEnv, oomsnap::inject::KNOWN_VARS) {
         Ok((config, warnings)) => {
             init_logs(format_override.unwrap_or(config.log_format));
             for w in &warnings {
@@ -140,14 +140,15 @@ fn main() -> ExitCode {
             } else {
                 oomsnap::run::Mode::Run
             };
-            let (config, warnings) = match Config::from_vars(&ProcessEnv) {
-                Ok(x) => x,
-                Err(errors) => {
-                    eprintln!("oomsnap: {errors}");
-                    eprintln!("See docs/configuration.md for every variable and its form.");
-                    return ExitCode::from(2);
-                }
-            };
+            let (config, warnings) =
+                match Config::from_vars_known(&ProcessEnv, oomsnap::inject::KNOWN_VARS) {
+                    Ok(x) => x,
+                    Err(errors) => {
+                        eprintln!("oomsnap: {errors}");
+                        eprintln!("See docs/configuration.md for every variable and its form.");
+                        return ExitCode::from(2);
+                    }
+                };
             init_logs(config.log_format);
             for w in &warnings {
                 tracing::warn!("{w}");
