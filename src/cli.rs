@@ -140,7 +140,7 @@ fn compact_json(v: &serde_json::Value) -> String {
 /// `oomsnap capture`.
 pub async fn capture(config: Config) -> Result<(), CliError> {
     let store = config.store.clone();
-    let (key, m) = crate::run::capture_once(config).await.map_err(failed)?;
+    let (key, m) = crate::oneshot::capture(config).await.map_err(failed)?;
     println!("captured {} into {store}", m.capture_id);
     println!("  key  {key}");
     for p in &m.profiles {

@@ -22,6 +22,7 @@
 //! - [`cli`]      — check, capture, ls, get and report for people
 
 pub mod admin;
+pub mod metrics;
 pub mod annotations;
 pub mod capture;
 pub mod cli;
@@ -30,12 +31,17 @@ pub mod inject;
 pub mod keys;
 pub mod limit;
 pub mod manifest;
+pub mod oneshot;
 pub mod memory;
+pub mod oom;
 pub mod pprof;
+pub mod problems;
 pub mod profiles;
 pub mod run;
+pub mod scheduler;
 pub mod ship;
 pub mod spool;
+pub mod state;
 pub mod store;
 pub mod summary;
 pub mod trigger;

@@ -140,30 +140,22 @@ fn main() -> ExitCode {
             } else {
                 oomsnap::run::Mode::Run
             };
-            let (config, warnings) =
-                match Config::from_vars_known(&ProcessEnv, oomsnap::inject::KNOWN_VARS) {
-                    Ok(x) => x,
-                    Err(errors) => {
-                        eprintln!("oomsnap: {errors}");
-                        eprintln!("See docs/configuration.md for every variable and its form.");
-                        return ExitCode::from(2);
-                    }
-                };
-            init_logs(config.log_format);
-            for w in &warnings {
-                tracing::warn!("{w}");
+            // Lenient: a bad variable falls back to its default and is
+            // reported, because a sidecar that exits crash-loops and makes
+            // the pod NotReady. OOMSNAP_STRICT=true asks for the opposite.
+            let loaded = Config::load(&ProcessEnv, oomsnap::inject::KNOWN_VARS);
+            if loaded.config.strict && !loaded.errors.0.is_empty() {
+                eprintln!("oomsnap: {}", loaded.errors);
+                eprintln!("OOMSNAP_STRICT=true, so oomsnap stops here. See docs/configuration.md for every variable and its form.");
+                return ExitCode::from(2);
             }
-            match runtime().block_on(oomsnap::run::run(config, mode, warnings)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("oomsnap: {e}");
-                    match e {
-                        oomsnap::run::RunError::Config(_) => ExitCode::from(2),
-                        _ => ExitCode::FAILURE,
-                    }
-                }
-            }
+            init_logs(loaded.config.log_format);
+            let rt = runtime();
+            rt.block_on(oomsnap::run::run(loaded, mode));
+            // Work still on blocking threads (an fsync, a summary) past the
+            // shutdown grace is left behind rather than waited for.
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            ExitCode::SUCCESS
         }
     }
 }

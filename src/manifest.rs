@@ -99,11 +99,18 @@ pub struct ProfileRecord {
     pub durable_at: Option<String>,
     pub fetch_ms: f64,
     pub error: Option<String>,
+    /// Set when the profile was not requested because serving it would have
+    /// cost the app more memory than it had left; says how much and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// What serving it was estimated to cost the app, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_app_cost_bytes: Option<u64>,
 }
 
 impl ProfileRecord {
     pub fn ok(&self) -> bool {
-        self.error.is_none() && self.file.is_some()
+        self.error.is_none() && self.skipped.is_none() && self.file.is_some()
     }
 }
 
@@ -129,6 +136,10 @@ pub struct Manifest {
     /// From the decision to the first profile request leaving.
     pub first_request_after_decision_ms: Option<f64>,
     pub spooled_at: String,
+    /// The counts of the target's pprof index page at capture time
+    /// (`goroutine`: the number of goroutines), when it served one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_counts: Option<std::collections::BTreeMap<String, u64>>,
     pub profiles: Vec<ProfileRecord>,
     /// What grew: top functions, goroutines, diff against the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,5 +172,8 @@ pub struct OomRecord {
     pub oom_kills: Option<u64>,
     /// Kill time minus the time the capture became durable.
     pub lead_seconds: Option<f64>,
+    /// Why this capture was chosen as the kill's evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
     pub last_sample: Option<TriggerSample>,
 }

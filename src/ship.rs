@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::spool::{Bundle, Spool};
 use crate::store::Store;
@@ -171,7 +171,11 @@ impl Shipper {
                 }
             }
         }
-        if let Err(e) = self.spool.remove(b) {
+        let (spool, bundle) = (self.spool.clone(), b.clone());
+        let removed = tokio::task::spawn_blocking(move || spool.remove(&bundle))
+            .await
+            .unwrap_or_else(|e| Err(crate::spool::SpoolError::Task(e.to_string())));
+        if let Err(e) = removed {
             // Stored, but the local copy lingers: it will be uploaded again
             // under the same keys, which is harmless.
             tracing::error!(bundle = %b.id, error = %e, "shipped, but cannot remove the local copy");
@@ -190,7 +194,11 @@ impl Shipper {
     /// OOM matters most when the store is slow. Returns how many bundles
     /// shipped, or the last error when any failed.
     pub async fn drain(&self, deadline: Option<Instant>) -> Result<usize, ShipError> {
-        let bundles = match self.spool.bundles() {
+        let spool = self.spool.clone();
+        let listed = tokio::task::spawn_blocking(move || spool.bundles())
+            .await
+            .unwrap_or_else(|e| Err(crate::spool::SpoolError::Task(e.to_string())));
+        let bundles = match listed {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list the spool");
@@ -223,25 +231,37 @@ impl Shipper {
         }
     }
 
-    /// Ships until `stop` fires; the caller then runs [`Shipper::finish`]
-    /// with what is left of the shutdown grace.
-    pub async fn run(self, stop: Arc<Notify>) {
+    /// Ships until `stop` turns true; the caller then runs
+    /// [`Shipper::finish`] with what is left of the shutdown grace.
+    /// `report` hears the store's state after every pass: `Some(sentence)`
+    /// while uploads fail, `None` once they work.
+    pub async fn run(self, mut stop: watch::Receiver<bool>, report: impl Fn(Option<String>)) {
         if let Err(e) = self.probe().await {
-            tracing::warn!(store = %self.store.url, error = %e, "the store does not answer yet; captures will wait in the spool");
+            report(Some(format!(
+                "the store {} does not answer: {e}; captures wait in the spool and are retried",
+                self.store.url
+            )));
         }
         let mut failures: u32 = 0;
-        loop {
+        while !*stop.borrow() {
             let pass = tokio::select! {
                 r = self.drain(None) => r,
-                _ = stop.notified() => break,
+                _ = stop.changed() => break,
             };
             let wait = match pass {
                 Ok(_) => {
                     failures = 0;
+                    if self.stats.store_answered.load(Ordering::Relaxed) {
+                        report(None);
+                    }
                     Duration::from_secs(5)
                 }
-                Err(_) => {
+                Err(e) => {
                     failures += 1;
+                    report(Some(format!(
+                        "uploads to {} fail: {e}; captures wait in the spool and are retried with backoff",
+                        self.store.url
+                    )));
                     backoff(failures, fastrand::f64())
                 }
             };
@@ -249,7 +269,7 @@ impl Shipper {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.notified() => break,
+                _ = stop.changed() => break,
             }
         }
     }
@@ -258,16 +278,10 @@ impl Shipper {
     pub async fn finish(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         match tokio::time::timeout(grace, self.drain(Some(deadline))).await {
-            Ok(Ok(_)) if self.spool.bundles().map(|b| b.is_empty()).unwrap_or(false) => {
-                tracing::info!("all captures shipped before shutdown")
-            }
-            _ => {
-                let left = self.spool.bundles().map(|b| b.len()).unwrap_or(0);
-                tracing::warn!(
-                    left,
-                    "shutdown: captures not yet shipped stay in the spool for the next start"
-                );
-            }
+            Ok(Ok(_)) => tracing::info!("shutdown: the spool is drained"),
+            _ => tracing::warn!(
+                "shutdown: captures not yet shipped stay in the spool for the next start"
+            ),
         }
     }
 }

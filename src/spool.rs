@@ -54,6 +54,8 @@ pub enum SpoolError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("a spool task failed: {0}")]
+    Task(String),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
@@ -101,6 +103,9 @@ pub struct Recovery {
     pub complete: usize,
     pub completed_from_draft: usize,
     pub removed_partial: usize,
+    /// Bundles recovery could not fix (a full disk, a read-only one); they
+    /// are left as they are and recovery is tried again at the next start.
+    pub errors: Vec<String>,
 }
 
 /// The spool directory.
@@ -144,33 +149,46 @@ impl Spool {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Recovers what a crash left, bundle by bundle: one that cannot be
+    /// fixed (ENOSPC, EROFS) is reported and left alone, never a reason to
+    /// stop — a spool that is full after a crash must still ship what it
+    /// holds, which is what frees the space.
     fn recover(&self) -> Result<Recovery, SpoolError> {
         let mut rec = Recovery::default();
         for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
-            let entry = entry.map_err(io("list", &self.dir))?;
+            let Ok(entry) = entry else { continue };
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             if !path.is_dir() {
                 continue;
             }
             if let Some(id) = name.strip_suffix(PARTIAL) {
-                if self.complete_from_draft(id, &path)? {
-                    rec.completed_from_draft += 1;
-                } else {
-                    fs::remove_dir_all(&path).map_err(io("remove", &path))?;
-                    rec.removed_partial += 1;
+                let done = self.complete_from_draft(id, &path).and_then(|kept| {
+                    if !kept {
+                        fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+                    }
+                    Ok(kept)
+                });
+                match done {
+                    Ok(true) => rec.completed_from_draft += 1,
+                    Ok(false) => rec.removed_partial += 1,
+                    Err(e) => rec.errors.push(e.to_string()),
                 }
             } else {
                 // Leftover temporaries inside a complete bundle are junk.
-                for f in fs::read_dir(&path).map_err(io("list", &path))?.flatten() {
-                    if f.file_name().to_string_lossy().ends_with(TMP) {
-                        let _ = fs::remove_file(f.path());
+                if let Ok(files) = fs::read_dir(&path) {
+                    for f in files.flatten() {
+                        if f.file_name().to_string_lossy().ends_with(TMP) {
+                            let _ = fs::remove_file(f.path());
+                        }
                     }
                 }
                 rec.complete += 1;
             }
         }
-        sync_dir(&self.dir)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            rec.errors.push(e.to_string());
+        }
         Ok(rec)
     }
 
@@ -232,6 +250,20 @@ impl Spool {
         fs::rename(path, &done).map_err(io("rename", path))?;
         tracing::warn!(bundle = id, "completed a capture that a crash interrupted");
         Ok(true)
+    }
+
+    /// `id`, or `id-2`, `id-3`…: two decisions in the same millisecond get
+    /// distinct folders.
+    pub fn unique_id(&self, id: &str) -> String {
+        let mut candidate = id.to_string();
+        let mut n = 1;
+        while self.dir.join(&candidate).exists()
+            || self.dir.join(format!("{candidate}{PARTIAL}")).exists()
+        {
+            n += 1;
+            candidate = format!("{id}-{n}");
+        }
+        candidate
     }
 
     /// Starts a bundle that will ship under `key`.
@@ -506,6 +538,7 @@ pub(crate) mod tests {
             decided_at: "2026-11-22T00:00:00Z".into(),
             first_request_after_decision_ms: None,
             spooled_at: "2026-11-22T00:00:00Z".into(),
+            target_counts: None,
             profiles: vec![],
             summary: None,
             baseline: None,

@@ -280,7 +280,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     .collect()
 }
 
-/// The family a series belongs to, as registered in `src/admin.rs`.
+/// The family a series belongs to, as registered in `src/admin/metrics.rs`.
 fn family(series: &str) -> &str {
     ["_total", "_bucket", "_sum", "_count"]
         .iter()
@@ -291,7 +291,7 @@ fn family(series: &str) -> &str {
 #[test]
 fn every_documented_metric_family_is_named_in_the_admin_module() {
     let doc = read("docs/operations.md");
-    let admin = read("src/admin.rs");
+    let admin = read("src/admin/metrics.rs");
     let documented = metric_names(&doc);
     assert!(
         documented.len() >= 10,
@@ -303,7 +303,7 @@ fn every_documented_metric_family_is_named_in_the_admin_module() {
         .collect();
     assert!(
         missing.is_empty(),
-        "docs/operations.md names metrics that src/admin.rs does not register: {missing:?}"
+        "docs/operations.md names metrics that src/admin/metrics.rs does not register: {missing:?}"
     );
 }
 
@@ -311,7 +311,7 @@ fn every_documented_metric_family_is_named_in_the_admin_module() {
 /// and compares the series it exposes with the ones the page documents.
 #[tokio::test]
 async fn documented_metrics_are_exactly_the_exposed_series() {
-    use oomsnap::admin::{CaptureLabels, ProfileLabels};
+    use oomsnap::metrics::{CaptureLabels, ProfileLabels, SkipLabels};
     use std::collections::BTreeMap;
     use std::time::Instant;
 
@@ -327,10 +327,13 @@ async fn documented_metrics_are_exactly_the_exposed_series() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let (config, _) = oomsnap::config::Config::from_vars(&vars).unwrap();
-    let (spool, store) = oomsnap::run::open_storage(&config).unwrap();
-    let shipper = oomsnap::ship::Shipper::new(store, spool);
+    let (spool, _) = oomsnap::spool::Spool::open(&config.spool_dir, config.spool_max_bytes).unwrap();
+    let store = oomsnap::store::Store::open(&config.store).unwrap();
+    let shipper = oomsnap::ship::Shipper::new(store, spool.clone());
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let shared = oomsnap::run::shared(config, Some(shipper), tx);
+    let shared = oomsnap::state::Shared::new(config, tx);
+    shared.storage.spool.set(spool).unwrap();
+    assert!(shared.storage.shipper.set(shipper).is_ok());
     *shared.watch.last.lock().unwrap() = Some(oomsnap::memory::Sample::synthetic(
         Instant::now(),
         100 << 20,
@@ -357,6 +360,14 @@ async fn documented_metrics_are_exactly_the_exposed_series() {
         })
         .observe(0.01);
     shared.metrics.lead_seconds.observe(1.0);
+    shared
+        .metrics
+        .profiles_skipped
+        .get_or_create(&SkipLabels {
+            profile: "goroutine".into(),
+            cause: "headroom".into(),
+        })
+        .inc();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -364,18 +375,16 @@ async fn documented_metrics_are_exactly_the_exposed_series() {
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let server = oomsnap::admin::spawn(addr, shared).await.unwrap();
-    let body = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let server = oomsnap::admin::spawn(addr, shared);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("http://{addr}/metrics")).send().await {
+            body = r.text().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.abort();
 
     let exposed: BTreeSet<String> = body

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{parse_bool, parse_duration, parse_percent_list, parse_profiles, Config};
+use crate::config::{
+    parse_bool, parse_percent_list, parse_profiles, parse_rate_burst, parse_rate_period, Config,
+};
 use crate::profiles::ProfileKind;
 use crate::trigger::Policy;
 
@@ -120,13 +122,32 @@ impl Tunables {
     }
 }
 
+/// The longest annotation value read. oomsnap's values are short (a port,
+/// a path, a rung list); a long one is a mistake or an attack, and echoing
+/// it into logs and `/status` would cost memory.
+pub const MAX_VALUE_BYTES: usize = 1024;
+/// How much of a bad value a problem sentence quotes.
+const QUOTE_CHARS: usize = 64;
+/// Unknown `oomsnap.dev/*` names reported one by one; the rest are counted.
+const UNKNOWN_LISTED: usize = 8;
+
+/// A value fit to quote in a problem sentence: at most [`QUOTE_CHARS`].
+pub fn quote(v: &str) -> String {
+    if v.chars().count() <= QUOTE_CHARS {
+        format!("{v:?}")
+    } else {
+        let head: String = v.chars().take(QUOTE_CHARS).collect();
+        format!("{head:?}… ({} bytes)", v.len())
+    }
+}
+
 /// Checks a port annotation: a number, nothing else (no host).
 pub fn parse_port(v: &str) -> Result<u16, String> {
     match v.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!(
-            "{v:?} is not a TCP port from 1 to 65535 (annotations choose a port, never a host)"
-        )),
+        _ => Err(
+            "expected a TCP port from 1 to 65535 (annotations choose a port, never a host)".into(),
+        ),
     }
 }
 
@@ -138,15 +159,45 @@ pub fn parse_path(v: &str) -> Result<String, String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '~'));
     if !v.starts_with('/') || v.starts_with("//") || !ok_chars || v.split('/').any(|p| p == "..") {
-        return Err(format!(
-            "{v:?} is not a plain absolute URL path such as /debug/pprof (letters, digits, / - _ . ~; no host, query or ..)"
-        ));
+        return Err(
+            "expected a plain absolute URL path such as /debug/pprof (letters, digits, / - _ . ~; no host, query or ..)".into(),
+        );
     }
     Ok(v.trim_end_matches('/').to_string())
 }
 
+/// Reads one annotation through `parse`: `None` when absent; the parsed
+/// value; or `last_good` plus a problem sentence naming the annotation, a
+/// quote of the value and what was expected.
+fn field<T: Clone>(
+    ann: &BTreeMap<String, String>,
+    key: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+    last_good: &T,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let v = ann.get(key)?;
+    let parsed = if v.len() > MAX_VALUE_BYTES {
+        Err(format!("expected at most {MAX_VALUE_BYTES} bytes"))
+    } else {
+        parse(v)
+    };
+    Some(match parsed {
+        Ok(t) => t,
+        Err(why) => {
+            problems.push(format!(
+                "annotation {key}={} is ignored: {why}; the last good value stays",
+                quote(v)
+            ));
+            last_good.clone()
+        }
+    })
+}
+
 /// Applies annotations over the environment's values. Each bad value keeps
-/// the previous good one and adds a problem sentence.
+/// the previous good one and adds a problem sentence. The rules are the
+/// environment's own (`config::parse`), so an annotation can never set what
+/// `OOMSNAP_*` would refuse.
 pub fn apply(
     ann: &BTreeMap<String, String>,
     env: &Config,
@@ -154,121 +205,61 @@ pub fn apply(
 ) -> (Tunables, Vec<String>) {
     let mut t = Tunables::from_config(env);
     let mut problems = Vec::new();
-    let bad = |key: &str, value: &str, why: String, problems: &mut Vec<String>| {
-        problems.push(format!(
-            "annotation {key}={value:?} is ignored: {why}; the last good value stays"
-        ));
-    };
-    if let Some(v) = ann.get(ENABLED) {
-        match parse_bool(v) {
-            Ok(b) => t.enabled = b,
-            Err(_) => {
-                bad(ENABLED, v, "expected true or false".into(), &mut problems);
-                t.enabled = last_good.enabled;
-            }
-        }
+    let p = &mut problems;
+    let with = |why: &'static str| move |e: String| format!("expected {why} ({e})");
+    if let Some(v) = field(ann, ENABLED, |v| parse_bool(v).map_err(|_| "expected true or false".into()), &last_good.enabled, p) {
+        t.enabled = v;
     }
-    if let Some(v) = ann.get(THRESHOLDS) {
-        match parse_percent_list(v) {
-            Ok(x) => t.thresholds = x,
-            Err(e) => {
-                bad(
-                    THRESHOLDS,
-                    v,
-                    format!("expected ascending percents such as 80,90,95 ({e})"),
-                    &mut problems,
-                );
-                t.thresholds = last_good.thresholds.clone();
-            }
-        }
+    if let Some(v) = field(ann, THRESHOLDS, |v| parse_percent_list(v).map_err(with("ascending percents below 100 such as 80,90,95")), &last_good.thresholds, p) {
+        t.thresholds = v;
     }
-    if let Some(v) = ann.get(PROFILES) {
-        match parse_profiles(v) {
-            Ok(x) => t.profiles = x,
-            Err(e) => {
-                bad(
-                    PROFILES,
-                    v,
-                    format!("expected a list such as heap,goroutine ({e})"),
-                    &mut problems,
-                );
-                t.profiles = last_good.profiles.clone();
-            }
-        }
+    if let Some(v) = field(ann, PROFILES, |v| parse_profiles(v).map_err(with("a list such as heap,goroutine")), &last_good.profiles, p) {
+        t.profiles = v;
     }
-    if let Some(v) = ann.get(RATE_BURST) {
-        match v.trim().parse::<u32>() {
-            Ok(n) if (1..=1000).contains(&n) => t.rate_burst = n,
-            _ => {
-                bad(
-                    RATE_BURST,
-                    v,
-                    "expected a whole number from 1 to 1000".into(),
-                    &mut problems,
-                );
-                t.rate_burst = last_good.rate_burst;
-            }
-        }
+    if let Some(v) = field(ann, RATE_BURST, |v| parse_rate_burst(v).map_err(with("a whole number of captures")), &last_good.rate_burst, p) {
+        t.rate_burst = v;
     }
-    if let Some(v) = ann.get(RATE_PERIOD) {
-        match parse_duration(v) {
-            Ok(d) if !d.is_zero() && d <= crate::config::MAX_LONG_DURATION => t.rate_period = d,
-            _ => {
-                bad(
-                    RATE_PERIOD,
-                    v,
-                    "expected a duration above zero such as 10m, at most 30days".into(),
-                    &mut problems,
-                );
-                t.rate_period = last_good.rate_period;
-            }
-        }
+    if let Some(v) = field(ann, RATE_PERIOD, |v| parse_rate_period(v).map_err(with("a duration such as 10m, from 1s to 30days")), &last_good.rate_period, p) {
+        t.rate_period = v;
     }
     // Port and path rebuild the URL on the environment's host.
-    let port = ann.get(PORT).map(|v| parse_port(v));
-    let path = ann.get(PATH).map(|v| parse_path(v));
-    if port.is_some() || path.is_some() {
-        match reqwest::Url::parse(&env.target) {
+    let port = field(ann, PORT, |v| parse_port(v).map(Some), &None, p);
+    let path = field(ann, PATH, |v| parse_path(v).map(Some), &None, p);
+    if matches!(port, Some(None)) || matches!(path, Some(None)) {
+        t.target = last_good.target.clone();
+    } else if port.is_some() || path.is_some() {
+        t.target = match reqwest::Url::parse(&env.target) {
             Ok(mut url) => {
-                let mut failed = false;
-                if let Some(p) = port {
-                    match p {
-                        Ok(p) => {
-                            let _ = url.set_port(Some(p));
-                        }
-                        Err(e) => {
-                            bad(PORT, &ann[PORT], e, &mut problems);
-                            failed = true;
-                        }
-                    }
+                if let Some(Some(port)) = port {
+                    let _ = url.set_port(Some(port));
                 }
-                if let Some(p) = path {
-                    match p {
-                        Ok(p) => url.set_path(&p),
-                        Err(e) => {
-                            bad(PATH, &ann[PATH], e, &mut problems);
-                            failed = true;
-                        }
-                    }
+                if let Some(Some(path)) = &path {
+                    url.set_path(path);
                 }
-                t.target = if failed {
-                    last_good.target.clone()
-                } else {
-                    url.as_str().trim_end_matches('/').to_string()
-                };
+                url.as_str().trim_end_matches('/').to_string()
             }
-            Err(_) => t.target = last_good.target.clone(),
-        }
+            Err(_) => last_good.target.clone(),
+        };
     }
-    for k in ann.keys() {
-        if k.starts_with("oomsnap.dev/")
-            && !KNOWN.contains(&k.as_str())
-            && !INJECTOR_ONLY.contains(&k.as_str())
-        {
-            problems.push(format!(
-                "annotation {k} is not an oomsnap tunable and is ignored"
-            ));
-        }
+    let unknown: Vec<&String> = ann
+        .keys()
+        .filter(|k| {
+            k.starts_with("oomsnap.dev/")
+                && !KNOWN.contains(&k.as_str())
+                && !INJECTOR_ONLY.contains(&k.as_str())
+        })
+        .collect();
+    for k in unknown.iter().take(UNKNOWN_LISTED) {
+        problems.push(format!(
+            "annotation {} is not an oomsnap tunable and is ignored",
+            quote(k)
+        ));
+    }
+    if unknown.len() > UNKNOWN_LISTED {
+        problems.push(format!(
+            "and {} more unknown oomsnap.dev/ annotations",
+            unknown.len() - UNKNOWN_LISTED
+        ));
     }
     (t, problems)
 }

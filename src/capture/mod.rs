@@ -1,8 +1,15 @@
 //! Fetches the configured profiles from the target into a spool bundle.
 //!
-//! A permitted decision enters [`Capturer::capture`]; a finished bundle in
-//! the spool (and its [`Manifest`]) leaves. Profiles of one capture are
-//! fetched concurrently, heap first. Each body is streamed chunk by chunk
+//! - [`cost`]  — pure: what each profile costs the app, and whether it can
+//!   afford it now
+//! - [`index`] — pure: the counts on the pprof index page
+//!
+//! A permitted decision enters [`Capturer::fetch_all`]; profile files in the
+//! spool bundle and their records in the [`Manifest`] leave. Heap is fetched
+//! at once; meanwhile the index page gives the counts (goroutines, heap
+//! records), and every other profile is fetched concurrently only if its
+//! estimated cost to the app fits in the headroom the newest sample leaves
+//! — otherwise it is skipped, and its record says why. Each body is streamed chunk by chunk
 //! into its spool file — never held whole — under a per-profile timeout and
 //! size cap, and binary profiles are checked as they stream: the gzip magic
 //! on the first bytes and the gzip trailer at the end, so an HTML error page
@@ -11,12 +18,20 @@
 //!
 //! The HTTP client keeps connections to the target alive and is warmed
 //! ahead of need ([`Capturer::warm`]), so the first request of a capture
-//! does not pay for a TCP handshake.
+//! does not pay for a TCP handshake. It follows no redirect: the target is
+//! the app's own port, and a `302` to another host must not become a
+//! request there. For an `http://` target it loads no CA bundle at all, so a
+//! machine without one (a `scratch` image without certificates) still
+//! captures.
+
+pub mod cost;
+pub mod index;
 
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::manifest::{ms, timestamp, Manifest, ProfileRecord};
+use crate::memory::Sample;
 use crate::profiles::ProfileKind;
 use crate::spool::{BundleWriter, SpoolError, SpoolFile};
 
@@ -50,8 +65,6 @@ impl CaptureSettings {
 /// A capture that could not even start.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("the task writing the manifest failed: {0}")]
@@ -70,19 +83,44 @@ pub struct Capturer {
 const QUOTE: usize = 48;
 
 impl Capturer {
-    pub fn new() -> Result<Capturer, CaptureError> {
-        let client = reqwest::Client::builder()
+    /// A client for `target`. For `http://` it needs no CA bundle. For
+    /// `https://`, a machine without one gets a client that fails each
+    /// request with a clear error instead of no client at all; the second
+    /// value then says why, for the caller to report.
+    pub fn new(target: &str) -> (Capturer, Option<String>) {
+        let https = target.starts_with("https://");
+        match Self::builder(https).build() {
+            Ok(client) => (Capturer { client }, None),
+            Err(e) => {
+                let why = format!(
+                    "cannot load the system CA certificates for the https target {target}: {}; https requests to it will fail",
+                    error_chain(&e)
+                );
+                let client = Self::builder(false)
+                    .build()
+                    .expect("a client with no TLS roots always builds");
+                (Capturer { client }, Some(why))
+            }
+        }
+    }
+
+    fn builder(system_roots: bool) -> reqwest::ClientBuilder {
+        let b = reqwest::Client::builder()
             .pool_idle_timeout(None)
             .pool_max_idle_per_host(8)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
+            // A 302 to another host must not become a request there.
+            .redirect(reqwest::redirect::Policy::none())
             // The target is on loopback; a proxy from the environment would
             // only add a hop (or leak the request).
             .no_proxy()
-            .user_agent(concat!("oomsnap/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CaptureError::Client(e.to_string()))?;
-        Ok(Capturer { client })
+            .user_agent(concat!("oomsnap/", env!("CARGO_PKG_VERSION")));
+        if system_roots {
+            b
+        } else {
+            b.tls_certs_only(Vec::new())
+        }
     }
 
     /// Opens `n` keep-alive connections to the target with a tiny request,
@@ -102,8 +140,36 @@ impl Capturer {
         futures_util::future::join_all(reqs).await;
     }
 
-    /// Fetches every configured profile into `writer`, concurrently and
-    /// heap first, and records each in `draft`. `t0` is the moment of the
+    /// The counts of the pprof index page, or `None` when the target does
+    /// not serve one (a custom mux) or answers badly.
+    pub async fn index(&self, settings: &CaptureSettings) -> Option<cost::Counts> {
+        let url = format!("{}/", settings.target);
+        let fetch = async {
+            let mut resp = self.client.get(&url).send().await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                let take = chunk.len().min(index::MAX_INDEX_BYTES - body.len());
+                body.extend_from_slice(&chunk[..take]);
+                if body.len() >= index::MAX_INDEX_BYTES {
+                    break;
+                }
+            }
+            Some(index::parse(&body))
+        };
+        tokio::time::timeout(settings.fetch_timeout.min(Duration::from_secs(2)), fetch)
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| !c.is_empty())
+    }
+
+    /// Fetches the configured profiles into `writer` and records each in
+    /// `draft`: heap at once; the others concurrently once the index page
+    /// says what they cost, each only if the app can afford it given
+    /// `latest()` (the newest memory sample). `t0` is the moment of the
     /// deciding sample. The bundle is finished by the caller, after it has
     /// summarised the profiles.
     pub async fn fetch_all(
@@ -112,15 +178,62 @@ impl Capturer {
         writer: &BundleWriter,
         draft: &mut Manifest,
         t0: Instant,
+        latest: &(dyn Fn() -> Option<Sample> + Sync),
     ) {
         let mut kinds = settings.profiles.clone();
         kinds.sort_by_key(|k| k.priority());
-        let fetches = kinds.iter().map(|k| self.fetch(settings, *k, writer, t0));
-        let records = futures_util::future::join_all(fetches).await;
+        let heap = kinds.contains(&ProfileKind::Heap);
+        let rest: Vec<ProfileKind> = kinds
+            .into_iter()
+            .filter(|k| *k != ProfileKind::Heap)
+            .collect();
+        let heap_fetch = async {
+            match heap {
+                true => Some(self.fetch(settings, ProfileKind::Heap, writer, t0).await),
+                false => None,
+            }
+        };
+        let rest_fetch = async {
+            if rest.is_empty() {
+                return (None, Vec::new());
+            }
+            let counts = self.index(settings).await;
+            let (working_set, limit) = latest()
+                .map(|s| (s.working_set, s.limit))
+                .unwrap_or((0, None));
+            let reserved = match (heap, &counts) {
+                (true, Some(c)) => cost::estimate(ProfileKind::Heap, c).unwrap_or(0),
+                _ => 0,
+            };
+            let plan = cost::plan(&rest, counts.as_ref(), working_set, limit, reserved);
+            let fetches = plan.into_iter().map(|(kind, est, verdict)| async move {
+                let mut rec = match verdict {
+                    cost::Verdict::Take => self.fetch(settings, kind, writer, t0).await,
+                    cost::Verdict::Skip(why) => ProfileRecord {
+                        name: kind.name().to_string(),
+                        url: settings.url(kind),
+                        requested_after_decision_ms: ms(t0.elapsed()),
+                        skipped: Some(why),
+                        ..Default::default()
+                    },
+                };
+                rec.estimated_app_cost_bytes = est;
+                rec
+            });
+            (counts, futures_util::future::join_all(fetches).await)
+        };
+        let (heap_rec, (counts, rest_recs)) = futures_util::join!(heap_fetch, rest_fetch);
+        let mut records: Vec<ProfileRecord> = heap_rec.into_iter().collect();
+        if let (Some(h), Some(c)) = (records.first_mut(), &counts) {
+            h.estimated_app_cost_bytes = cost::estimate(ProfileKind::Heap, c);
+        }
+        records.extend(rest_recs);
         draft.first_request_after_decision_ms = records
             .iter()
+            .filter(|r| r.skipped.is_none())
             .map(|r| r.requested_after_decision_ms)
             .reduce(f64::min);
+        draft.target_counts = counts;
         draft.profiles = records;
         draft.spooled_at = timestamp(SystemTime::now());
     }
@@ -133,7 +246,9 @@ impl Capturer {
         tokio::task::spawn_blocking(move || writer.finish(&m))
             .await
             .map_err(|e| CaptureError::Task(e.to_string()))??;
-        if !manifest.profiles.iter().any(ProfileRecord::ok) {
+        if !manifest.profiles.iter().any(ProfileRecord::ok)
+            && manifest.profiles.iter().any(|p| p.error.is_some())
+        {
             return Err(CaptureError::AllFailed {
                 id: manifest.capture_id.clone(),
                 errors: manifest
@@ -240,6 +355,18 @@ impl Capturer {
                 ));
             }
         }
+        if resp.status().is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| quote(l.as_bytes()))
+                .unwrap_or_default();
+            return Err(format!(
+                "the target answered HTTP {} to {to}; redirects are not followed (point OOMSNAP_TARGET at the pprof index itself)",
+                resp.status()
+            ));
+        }
         if !resp.status().is_success() {
             let status = resp.status();
             let head = resp
@@ -314,6 +441,45 @@ impl Capturer {
     }
 }
 
+/// A capture's manifest before its profiles: who, why, and the sample.
+pub fn draft(
+    c: &crate::config::Config,
+    target: String,
+    source: Option<&crate::memory::MemorySource>,
+    restarts: u32,
+    id: &str,
+    d: &crate::trigger::Decision,
+    wake: Option<crate::memory::watch::Wake>,
+) -> Manifest {
+    use crate::manifest::{SourceInfo, TriggerSample, SCHEMA};
+    Manifest {
+        schema: SCHEMA,
+        oomsnap_version: crate::VERSION.into(),
+        capture_id: id.into(),
+        reason: d.reason.label(),
+        namespace: c.identity.namespace.clone(),
+        pod: c.identity.pod.clone(),
+        container: c.identity.container.clone(),
+        node: c.identity.node.clone(),
+        pod_uid: c.identity.pod_uid.clone(),
+        target,
+        target_pid: source.and_then(|s| s.pid),
+        target_restarts: restarts,
+        source: source.map(|s| SourceInfo {
+            strategy: s.strategy.name().into(),
+            description: s.describe(),
+        }),
+        trigger: TriggerSample::from_decision(d, wake.map(|w| w.name())),
+        decided_at: timestamp(d.sample.wall),
+        first_request_after_decision_ms: None,
+        spooled_at: String::new(),
+        target_counts: None,
+        profiles: Vec::new(),
+        summary: None,
+        baseline: None,
+    }
+}
+
 /// The first bytes of a body, printable.
 fn quote(b: &[u8]) -> String {
     let s: String = String::from_utf8_lossy(&b[..b.len().min(QUOTE)])
@@ -338,19 +504,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gzip_decoder_notices_truncation() {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&[42u8; 10000]).unwrap();
-        let full = enc.finish().unwrap();
-        let mut ok = flate2::write::GzDecoder::new(std::io::sink());
-        ok.write_all(&full).unwrap();
-        assert!(ok.finish().is_ok());
-        let mut cut = flate2::write::GzDecoder::new(std::io::sink());
-        cut.write_all(&full[..full.len() - 6]).unwrap();
-        assert!(cut.finish().is_err(), "a truncated gzip must be refused");
-    }
 
     #[test]
     fn quotes_are_printable() {

@@ -1,19 +1,30 @@
-//! Turns the environment into one validated [`Config`].
+//! Turns the environment into one [`Config`], every problem reported at once.
 //!
 //! Data enters as key→value pairs through the small [`Vars`] trait (the
-//! process environment in production, a map in tests) and leaves as a
-//! [`Config`] plus a list of warnings, or as [`ConfigErrors`] naming *every*
-//! bad variable at once, so a user fixes their manifest in one round trip
-//! instead of one restart per typo.
+//! process environment in production, a map in tests). [`Config::load`]
+//! returns a [`Loaded`]: a `Config` in which every bad variable has fallen
+//! back to its default, the warnings (unknown `OOMSNAP_*` names), and the
+//! errors naming each bad variable, its value and the expected form. That is
+//! what `oomsnap run` uses: it never exits over a bad value (a crash-looping
+//! sidecar makes the pod NotReady), it runs on the defaults and reports.
+//! [`Config::from_vars`] is the strict face of the same parse, for `oomsnap
+//! check`, `oomsnap capture` and `OOMSNAP_STRICT=true`.
 //!
-//! Every variable is a named constant below with its form and default; the
-//! parsers for durations, sizes and percent lists are pure functions.
+//! The names and defaults are in [`names`]; the forms (durations, sizes,
+//! rung lists, the quota…) are pure functions in [`parse`], shared with the
+//! live annotations and the injector.
+
+pub mod names;
+pub mod parse;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use names::*;
+pub use parse::*;
 
 use crate::profiles::ProfileKind;
 
@@ -61,142 +72,14 @@ impl Vars for BTreeMap<String, String> {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Variable names. Each one is listed in docs/configuration.md; a test keeps
-// the two in step.
-// ---------------------------------------------------------------------------
-
-/// Explicit cgroup directory (v1 or v2) of the container to watch.
-pub const CGROUP: &str = "OOMSNAP_CGROUP";
-/// Where the cgroup filesystem is mounted (a hostPath of the node's cgroupfs
-/// in Kubernetes). Default `/sys/fs/cgroup`.
-pub const CGROUP_ROOT: &str = "OOMSNAP_CGROUP_ROOT";
-/// The Go pprof base URL. Default `http://127.0.0.1:6060/debug/pprof`.
-pub const TARGET: &str = "OOMSNAP_TARGET";
-/// Name (`comm` or argv[0] basename) of the target process, when it cannot be
-/// found by the port in `OOMSNAP_TARGET`.
-pub const TARGET_PROCESS: &str = "OOMSNAP_TARGET_PROCESS";
-/// The memory limit, when the cgroup shows none (RSS fallback). Size.
-pub const MEMORY_LIMIT: &str = "OOMSNAP_MEMORY_LIMIT";
-/// Percent-of-limit rungs, ascending. Default `80,90,95`.
-pub const THRESHOLDS: &str = "OOMSNAP_THRESHOLDS";
-/// Points below a rung that re-arm it. Default `5`.
-pub const HYSTERESIS: &str = "OOMSNAP_HYSTERESIS";
-/// Capture when the predicted time to OOM drops below this. Default `2s`.
-pub const LEAD_TIME: &str = "OOMSNAP_LEAD_TIME";
-/// Baseline heap refresh interval; `0` disables. Default `1h`.
-pub const BASELINE_EVERY: &str = "OOMSNAP_BASELINE_EVERY";
-/// Near-OOM captures allowed in a burst. Default `4`.
-pub const RATE_BURST: &str = "OOMSNAP_RATE_BURST";
-/// One capture of quota comes back every period. Default `10m`.
-pub const RATE_PERIOD: &str = "OOMSNAP_RATE_PERIOD";
-/// Profiles of each capture. Default `heap,goroutine`.
-pub const PROFILES: &str = "OOMSNAP_PROFILES";
-/// How long a `cpu` profile runs (whole seconds, at least 1). Default `5s`.
-pub const CPU_PROFILE_DURATION: &str = "OOMSNAP_CPU_PROFILE_DURATION";
-/// Per-profile fetch timeout. Default `10s`.
-pub const FETCH_TIMEOUT: &str = "OOMSNAP_FETCH_TIMEOUT";
-/// Per-profile size cap. Default `256MiB`.
-pub const MAX_PROFILE_BYTES: &str = "OOMSNAP_MAX_PROFILE_BYTES";
-/// Object store URL. Default `file:///var/lib/oomsnap/store`.
-pub const STORE: &str = "OOMSNAP_STORE";
-/// Local durable queue. Default `/var/lib/oomsnap/spool`.
-pub const SPOOL_DIR: &str = "OOMSNAP_SPOOL_DIR";
-/// Spool bound. Default `1GiB`.
-pub const SPOOL_MAX_BYTES: &str = "OOMSNAP_SPOOL_MAX_BYTES";
-/// Downward API annotations file. Default `/etc/podinfo/annotations`.
-pub const ANNOTATIONS_FILE: &str = "OOMSNAP_ANNOTATIONS_FILE";
-/// Admin server address. Default `0.0.0.0:9186`; `off` disables it.
-pub const ADMIN_ADDR: &str = "OOMSNAP_ADMIN_ADDR";
-/// Who may `POST /capture`: `any`, `loopback` or `off`. Default `any`.
-pub const ADMIN_CAPTURE: &str = "OOMSNAP_ADMIN_CAPTURE";
-/// Time to finish uploads on SIGTERM. Default `20s`.
-pub const SHUTDOWN_GRACE: &str = "OOMSNAP_SHUTDOWN_GRACE";
-/// Fastest poll interval, used near the first rung. Default `2ms`.
-pub const POLL_MIN: &str = "OOMSNAP_POLL_MIN";
-/// Slowest poll interval, used far below the first rung. Default `500ms`.
-pub const POLL_MAX: &str = "OOMSNAP_POLL_MAX";
-/// Use kernel wake-ups (eventfd, inotify) as well as polling. Default `true`.
-pub const KERNEL_WAKEUPS: &str = "OOMSNAP_KERNEL_WAKEUPS";
-/// Log format: `auto` (JSON unless on a terminal), `json` or `text`.
-pub const LOG_FORMAT: &str = "OOMSNAP_LOG_FORMAT";
-/// Name of the watched container, used in object keys. Default `app`.
-pub const CONTAINER: &str = "OOMSNAP_CONTAINER";
-
-/// Kubernetes identity, fed from the Downward API.
-pub const POD_NAME: &str = "POD_NAME";
-/// Namespace of the pod.
-pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
-/// UID of the pod, used to find its cgroup on the node.
-pub const POD_UID: &str = "POD_UID";
-/// Node the pod runs on.
-pub const NODE_NAME: &str = "NODE_NAME";
-
-/// Every `OOMSNAP_*` name the sidecar reads, for typo warnings and the docs
-/// test. The binary adds the injector's names (`inject::KNOWN_VARS`) before it
-/// warns, so a shared ConfigMap does not warn; this module knows nothing of
-/// the injector.
-pub const KNOWN: &[&str] = &[
-    CGROUP,
-    CGROUP_ROOT,
-    TARGET,
-    TARGET_PROCESS,
-    MEMORY_LIMIT,
-    THRESHOLDS,
-    HYSTERESIS,
-    LEAD_TIME,
-    BASELINE_EVERY,
-    RATE_BURST,
-    RATE_PERIOD,
-    PROFILES,
-    CPU_PROFILE_DURATION,
-    FETCH_TIMEOUT,
-    MAX_PROFILE_BYTES,
-    STORE,
-    SPOOL_DIR,
-    SPOOL_MAX_BYTES,
-    ANNOTATIONS_FILE,
-    ADMIN_ADDR,
-    ADMIN_CAPTURE,
-    SHUTDOWN_GRACE,
-    POLL_MIN,
-    POLL_MAX,
-    KERNEL_WAKEUPS,
-    LOG_FORMAT,
-    CONTAINER,
-];
-
-// Defaults, typed, next to their names.
-pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
-pub const DEFAULT_TARGET: &str = "http://127.0.0.1:6060/debug/pprof";
-pub const DEFAULT_THRESHOLDS: &[f64] = &[80.0, 90.0, 95.0];
-pub const DEFAULT_HYSTERESIS: f64 = 5.0;
-pub const DEFAULT_LEAD_TIME: Duration = Duration::from_secs(2);
-pub const DEFAULT_BASELINE_EVERY: Duration = Duration::from_secs(3600);
-/// One climb decides up to four captures (imminent and three rungs); a
-/// burst of four lets the one closest to the OOM through.
-pub const DEFAULT_RATE_BURST: u32 = 4;
-pub const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(600);
-pub const DEFAULT_PROFILES: &[ProfileKind] = &[ProfileKind::Heap, ProfileKind::Goroutine];
-pub const DEFAULT_CPU_PROFILE_DURATION: Duration = Duration::from_secs(5);
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_PROFILE_BYTES: u64 = 256 << 20;
-pub const DEFAULT_STORE: &str = "file:///var/lib/oomsnap/store";
-pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/oomsnap/spool";
-pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
-pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/podinfo/annotations";
-pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9186";
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-pub const DEFAULT_POLL_MIN: Duration = Duration::from_millis(2);
-pub const DEFAULT_POLL_MAX: Duration = Duration::from_millis(500);
-pub const DEFAULT_CONTAINER: &str = "app";
-
 /// Who may trigger a capture over the admin port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminCapture {
-    Any,
+    /// Only from the pod itself (`kubectl exec … curl localhost`).
     Loopback,
+    /// From any address that presents `OOMSNAP_ADMIN_TOKEN`, and loopback.
+    Network,
     Off,
 }
 
@@ -219,7 +102,7 @@ pub struct Identity {
     pub pod_uid: Option<String>,
 }
 
-/// The one validated configuration of a run.
+/// The one configuration of a run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
     pub cgroup: Option<PathBuf>,
@@ -237,6 +120,7 @@ pub struct Config {
     pub rate_burst: u32,
     #[serde(with = "humantime_serde_compat")]
     pub rate_period: Duration,
+    pub manual_rate_burst: u32,
     pub profiles: Vec<ProfileKind>,
     #[serde(with = "humantime_serde_compat")]
     pub cpu_profile_duration: Duration,
@@ -249,6 +133,9 @@ pub struct Config {
     pub annotations_file: PathBuf,
     pub admin_addr: Option<SocketAddr>,
     pub admin_capture: AdminCapture,
+    /// Never serialised: `oomsnap check` prints the config.
+    #[serde(skip)]
+    pub admin_token: Option<String>,
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
     #[serde(with = "humantime_serde_compat")]
@@ -257,6 +144,7 @@ pub struct Config {
     pub poll_max: Duration,
     pub kernel_wakeups: bool,
     pub log_format: LogFormat,
+    pub strict: bool,
     pub identity: Identity,
 }
 
@@ -277,7 +165,7 @@ pub struct ConfigError {
 }
 
 /// Every bad variable of one start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
@@ -296,6 +184,23 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// True when `var` was set to a value that could not be used.
+    pub fn names(&self, var: &str) -> bool {
+        self.0.iter().any(|e| e.var == var)
+    }
+}
+
+/// The outcome of reading the environment leniently.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Every bad variable replaced by its default (see [`ConfigErrors`]).
+    pub config: Config,
+    /// Unknown `OOMSNAP_*` names, and safe fallbacks that need saying.
+    pub warnings: Vec<String>,
+    pub errors: ConfigErrors,
+}
 
 /// Collects errors while every variable is parsed.
 struct Reader<'a> {
@@ -360,7 +265,7 @@ impl Reader<'_> {
 }
 
 impl Config {
-    /// Reads every variable; returns the config and warnings, or all errors.
+    /// Strict: the config and its warnings, or every error at once.
     pub fn from_vars(vars: &dyn Vars) -> Result<(Config, Vec<String>), ConfigErrors> {
         Config::from_vars_known(vars, &[])
     }
@@ -371,10 +276,22 @@ impl Config {
         vars: &dyn Vars,
         also_known: &[&str],
     ) -> Result<(Config, Vec<String>), ConfigErrors> {
+        let l = Config::load(vars, also_known);
+        if l.errors.0.is_empty() {
+            Ok((l.config, l.warnings))
+        } else {
+            Err(l.errors)
+        }
+    }
+
+    /// Lenient: reads every variable, and replaces each bad one by its
+    /// default (a bad `OOMSNAP_ADMIN_CAPTURE` by `loopback`, the safest).
+    pub fn load(vars: &dyn Vars, also_known: &[&str]) -> Loaded {
         let mut r = Reader {
             vars,
             errors: Vec::new(),
         };
+        let mut warnings = Vec::new();
         let cgroup = r.raw(CGROUP).map(PathBuf::from);
         let cgroup_root = PathBuf::from(r.raw(CGROUP_ROOT).unwrap_or(DEFAULT_CGROUP_ROOT.into()));
         let (target, target_port) = r.parse(
@@ -387,16 +304,13 @@ impl Config {
         let memory_limit = r.parse(
             MEMORY_LIMIT,
             None,
-            "a size such as 512Mi, 1GiB or 268435456",
-            |v| match parse_size(v)? {
-                0 => Err("it must be above zero".into()),
-                n => Ok(Some(n)),
-            },
+            "a size above zero such as 512Mi, 1GiB or 268435456",
+            |v| parse_memory_limit(v).map(Some),
         );
         let thresholds = r.parse(
             THRESHOLDS,
             DEFAULT_THRESHOLDS.to_vec(),
-            "ascending percents of the limit between 1 and 100, such as 80,90,95",
+            "ascending percents of the limit from 1 to below 100, such as 80,90,95",
             parse_percent_list,
         );
         let hysteresis = r.parse(
@@ -418,16 +332,19 @@ impl Config {
             RATE_BURST,
             DEFAULT_RATE_BURST,
             "a whole number of captures from 1 to 1000",
-            |v| match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => Ok(n),
-                _ => Err(String::new()),
-            },
+            parse_rate_burst,
         );
         let rate_period = r.parse(
             RATE_PERIOD,
             DEFAULT_RATE_PERIOD,
-            "a duration above zero such as 10m, at most 30days",
-            |v| bounded(v, Duration::from_millis(1), MAX_LONG_DURATION),
+            "a duration such as 10m, from 1s to 30days",
+            parse_rate_period,
+        );
+        let manual_rate_burst = r.parse(
+            MANUAL_RATE_BURST,
+            DEFAULT_MANUAL_RATE_BURST,
+            "a whole number of captures from 1 to 1000",
+            parse_rate_burst,
         );
         let profiles = r.parse(
             PROFILES,
@@ -488,17 +405,33 @@ impl Config {
                 }
             },
         );
-        let admin_capture = r.parse(
+        let admin_token = r.raw(ADMIN_TOKEN);
+        let mut admin_capture = r.parse(
             ADMIN_CAPTURE,
-            AdminCapture::Any,
-            "one of any, loopback, off",
+            AdminCapture::Loopback,
+            "one of loopback, network, off",
             |v| match v.to_ascii_lowercase().as_str() {
-                "any" => Ok(AdminCapture::Any),
                 "loopback" => Ok(AdminCapture::Loopback),
+                // `any` was the old name of an open endpoint; it now needs
+                // the token too.
+                "network" | "any" => Ok(AdminCapture::Network),
                 "off" => Ok(AdminCapture::Off),
                 _ => Err(String::new()),
             },
         );
+        if admin_capture == AdminCapture::Network
+            && admin_token.as_deref().is_none_or(|t| t.len() < 16)
+        {
+            let v = r.raw(ADMIN_CAPTURE).unwrap_or_default();
+            r.error(
+                ADMIN_CAPTURE,
+                &v,
+                format!(
+                    "loopback or off, or network together with {ADMIN_TOKEN} set to a secret of at least 16 characters (captures from the network would otherwise be open to anyone who reaches the pod)"
+                ),
+            );
+            admin_capture = AdminCapture::Loopback;
+        }
         let shutdown_grace = r.duration(SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE, MAX_SHORT_DURATION);
         let poll_min = r.parse(
             POLL_MIN,
@@ -509,7 +442,7 @@ impl Config {
                 d => Ok(d),
             },
         );
-        let poll_max = r.parse(
+        let mut poll_max = r.parse(
             POLL_MAX,
             DEFAULT_POLL_MAX,
             "a duration between 1ms and 1m such as 500ms",
@@ -540,6 +473,7 @@ impl Config {
                     humantime::format_duration(bound)
                 ),
             );
+            poll_max = poll_min;
         }
         let kernel_wakeups = r.parse(KERNEL_WAKEUPS, true, "true or false", parse_bool);
         let log_format = r.parse(
@@ -553,6 +487,7 @@ impl Config {
                 _ => Err(String::new()),
             },
         );
+        let strict = r.parse(STRICT, false, "true or false", parse_bool);
         let identity = Identity {
             namespace: r.raw(POD_NAMESPACE).unwrap_or_else(|| "default".into()),
             pod: r.raw(POD_NAME).unwrap_or_else(hostname),
@@ -560,14 +495,10 @@ impl Config {
             node: r.raw(NODE_NAME).unwrap_or_else(hostname),
             pod_uid: r.raw(POD_UID),
         };
-
-        if !r.errors.is_empty() {
-            return Err(ConfigErrors(r.errors));
-        }
         let known: Vec<&str> = KNOWN.iter().chain(also_known).copied().collect();
-        let warnings = unknown_var_warnings(vars, &known);
-        Ok((
-            Config {
+        warnings.extend(unknown_var_warnings(vars, &known));
+        Loaded {
+            config: Config {
                 cgroup,
                 cgroup_root,
                 target,
@@ -580,6 +511,7 @@ impl Config {
                 baseline_every,
                 rate_burst,
                 rate_period,
+                manual_rate_burst,
                 profiles,
                 cpu_profile_duration,
                 fetch_timeout,
@@ -590,37 +522,19 @@ impl Config {
                 annotations_file,
                 admin_addr,
                 admin_capture,
+                admin_token,
                 shutdown_grace,
                 poll_min,
                 poll_max,
                 kernel_wakeups,
                 log_format,
+                strict,
                 identity,
             },
             warnings,
-        ))
-    }
-}
-
-/// A value fit to print: a URL's user and password are masked, since an
-/// error message goes to logs.
-pub fn redact(v: &str) -> String {
-    match reqwest::Url::parse(v) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("REDACTED");
-            let _ = u.set_password(Some("REDACTED"));
-            u.to_string()
+            errors: ConfigErrors(r.errors),
         }
-        _ => v.to_string(),
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Warnings for `OOMSNAP_*` names that nothing reads, with the closest known name.
@@ -639,167 +553,6 @@ pub fn unknown_var_warnings(vars: &dyn Vars, known: &[&str]) -> Vec<String> {
             }
         })
         .collect()
-}
-
-/// `250ms`, `10s`, `1h 30m`; a bare `0` means zero.
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    if v == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(v).map_err(|e| e.to_string())
-}
-
-/// `true/false`, `1/0`, `yes/no`, `on/off`.
-pub fn parse_bool(v: &str) -> Result<bool, String> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(String::new()),
-    }
-}
-
-/// Plain bytes, binary units (`Ki`, `KiB`, `Mi`, `MiB`, …) and decimal units
-/// (`k`, `KB`, `M`, `MB`, …) as Kubernetes quantities write them.
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    let v = v.trim();
-    let split = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    if num.is_empty() {
-        return Err("it has no number".into());
-    }
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "k" | "K" | "KB" | "kB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        "T" | "TB" => 1_000_000_000_000,
-        "Ki" | "KiB" => 1 << 10,
-        "Mi" | "MiB" => 1 << 20,
-        "Gi" | "GiB" => 1 << 30,
-        "Ti" | "TiB" => 1 << 40,
-        other => return Err(format!("unknown unit {other:?}")),
-    };
-    if num.contains('.') {
-        let f: f64 = num.parse().map_err(|_| "bad number".to_string())?;
-        let bytes = f * mult as f64;
-        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-            return Err("too large".into());
-        }
-        Ok(bytes as u64)
-    } else {
-        let n: u64 = num.parse().map_err(|_| "too large".to_string())?;
-        n.checked_mul(mult).ok_or_else(|| "too large".to_string())
-    }
-}
-
-/// The longest timeout, grace, lead time or profile duration.
-pub const MAX_SHORT_DURATION: Duration = Duration::from_secs(3600);
-/// The longest period (quota refill, baseline refresh).
-pub const MAX_LONG_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// A duration within `min..=max`.
-pub fn bounded(v: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let d = parse_duration(v)?;
-    if d < min {
-        Err(if min <= Duration::from_millis(1) {
-            "it must be above zero".into()
-        } else {
-            format!("it must be at least {}", humantime::format_duration(min))
-        })
-    } else if d > max {
-        Err(format!(
-            "it must be at most {}",
-            humantime::format_duration(max)
-        ))
-    } else {
-        Ok(d)
-    }
-}
-
-fn nonzero_size(v: &str) -> Result<u64, String> {
-    match parse_size(v)? {
-        0 => Err("it must be above zero".into()),
-        n => Ok(n),
-    }
-}
-
-/// A percent between 0 and 100, optionally written with `%`.
-pub fn parse_percent(v: &str) -> Result<f64, String> {
-    let p: f64 = v
-        .trim()
-        .trim_end_matches('%')
-        .trim()
-        .parse()
-        .map_err(|_| String::new())?;
-    if !(0.0..=100.0).contains(&p) || !p.is_finite() {
-        return Err(format!("{p} is outside 0..100"));
-    }
-    Ok(p)
-}
-
-/// `80,90,95`: strictly ascending percents in 1..=100.
-pub fn parse_percent_list(v: &str) -> Result<Vec<f64>, String> {
-    let mut out = Vec::new();
-    for part in v.split(',') {
-        let p = parse_percent(part).map_err(|why| {
-            if why.is_empty() {
-                format!("{:?} is not a number", part.trim())
-            } else {
-                why
-            }
-        })?;
-        if p < 1.0 {
-            return Err(format!("{p} is below 1"));
-        }
-        if let Some(last) = out.last() {
-            if p <= *last {
-                return Err("the rungs must ascend".into());
-            }
-        }
-        out.push(p);
-    }
-    if out.len() > 16 {
-        return Err("at most 16 rungs".into());
-    }
-    Ok(out)
-}
-
-/// `heap,goroutine`: known kinds, no duplicates.
-pub fn parse_profiles(v: &str) -> Result<Vec<ProfileKind>, String> {
-    let mut out = Vec::new();
-    for part in v.split(',') {
-        let part = part.trim();
-        let k = ProfileKind::from_name(part).ok_or_else(|| format!("unknown profile {part:?}"))?;
-        if out.contains(&k) {
-            return Err(format!("{part} is listed twice"));
-        }
-        out.push(k);
-    }
-    Ok(out)
-}
-
-/// The pprof base URL must be plain `http://host:port/path`; returns it
-/// without a trailing slash, and its port (used to find the process).
-pub fn parse_target(v: &str) -> Result<(String, u16), String> {
-    let url = reqwest::Url::parse(v).map_err(|e| e.to_string())?;
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!("scheme {} is not http", url.scheme()));
-    }
-    if url.host_str().is_none() {
-        return Err("it has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("it must not have a query or fragment".into());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("it must not carry credentials (user:password@)".into());
-    }
-    let port = url.port_or_known_default().unwrap_or(80);
-    // The URL as it will be fetched: the parser drops tabs and newlines,
-    // which must not reach logs or /status either.
-    Ok((url.as_str().trim_end_matches('/').to_string(), port))
 }
 
 #[cfg(test)]

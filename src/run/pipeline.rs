@@ -1,0 +1,598 @@
+//! The capture pipeline of `oomsnap run`: watcher events in, captures out.
+//!
+//! [`WatchEvent`]s and manual requests enter [`Pipeline::event`] and
+//! [`Pipeline::decide`]. The pure [`Scheduler`] says which capture runs;
+//! this module admits it through the quota, begins its spool bundle, and
+//! spawns the capture task (fetch, summarise, finish). A finished capture
+//! comes back through [`Pipeline::finished`], which records it, answers a
+//! manual request, wakes the shipper, and writes `oom.json` when the kernel
+//! reports a kill ([`crate::oom`] picks the capture). File work (the spool
+//! bound, `oom.json`) runs on blocking threads: the runtime thread only
+//! waits on sockets and channels.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::capture::{CaptureSettings, Capturer};
+use crate::keys;
+use crate::limit::Verdict;
+use crate::manifest::{self, Manifest, OomRecord, TriggerSample, SCHEMA};
+use crate::memory::watch::{Wake, WatchEvent};
+use crate::memory::{MemorySource, Sample};
+use crate::metrics::{CaptureLabels, ProfileLabels, SkipLabels};
+use crate::oom::{self, CaptureEntry, Evidence, Outcome};
+use crate::problems::ProblemKind;
+use crate::scheduler::{Job, Offer, Scheduler};
+use crate::state::{ManualOutcome, Shared};
+use crate::trigger::{Decision, Reason};
+
+use super::Mode;
+
+/// Where a manual request's outcome goes.
+pub(crate) type Reply = oneshot::Sender<ManualOutcome>;
+
+/// A capture task's result.
+pub(crate) struct Finished {
+    pub manifest: Manifest,
+    pub result: Result<(), String>,
+}
+
+struct Running {
+    id: String,
+    key: String,
+    reason: Reason,
+    percent: f64,
+    decided_at: SystemTime,
+    reply: Option<Reply>,
+}
+
+pub(crate) struct Pipeline {
+    shared: Arc<Shared>,
+    mode: Mode,
+    capturer: Capturer,
+    source: Option<MemorySource>,
+    restarts: u32,
+    sched: Scheduler<Reply>,
+    running: Option<Running>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    /// When the last kill was attributed; captures before it are its own.
+    last_kill: Option<SystemTime>,
+    /// A kill seen while a capture was running: it may be that capture's.
+    pending_oom: Option<(SystemTime, Evidence, Option<Sample>)>,
+}
+
+fn reply(r: Option<Reply>, outcome: ManualOutcome) {
+    if let Some(r) = r {
+        let _ = r.send(outcome);
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        shared: Arc<Shared>,
+        mode: Mode,
+        capturer: Capturer,
+        done_tx: mpsc::UnboundedSender<Finished>,
+    ) -> Pipeline {
+        Pipeline {
+            shared,
+            mode,
+            capturer,
+            source: None,
+            restarts: 0,
+            sched: Scheduler::default(),
+            running: None,
+            done_tx,
+            last_kill: None,
+            pending_oom: None,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn count_drop(&self, reason: &Reason, cause: &str) {
+        let admission = match reason {
+            Reason::Manual => &self.shared.manual_admission,
+            _ => &self.shared.admission,
+        };
+        if let Ok(mut a) = admission.lock() {
+            a.count_drop(&reason.label(), cause);
+        }
+    }
+
+    /// A decision (from the watcher or a person) wants a capture.
+    pub fn decide(&mut self, job: Job<Reply>) {
+        let d = &job.decision;
+        if self.mode == Mode::Watch {
+            tracing::info!(
+                reason = %d.reason.label(),
+                percent = (d.sample.percent() * 10.0).round() / 10.0,
+                working_set_bytes = d.sample.working_set,
+                predicted_oom_in_seconds = d.predicted_oom_in.map(|p| p.as_secs_f64()),
+                wake = job.wake.name(),
+                "would capture (watch mode)"
+            );
+            reply(job.reply, ManualOutcome::WatchMode);
+            return;
+        }
+        if !self.shared.enabled.load(Ordering::Relaxed) && d.reason != Reason::Manual {
+            self.count_drop(&d.reason, "paused");
+            tracing::info!(reason = %d.reason.label(), "capture skipped: oomsnap.dev/enabled is false");
+            return;
+        }
+        let label = d.reason.label();
+        match self.sched.offer(job) {
+            Offer::Start(job) => self.launch(job),
+            Offer::Queued { replaced: None } => {}
+            Offer::Queued {
+                replaced: Some(old),
+            } => {
+                self.count_drop(&old.decision.reason, "superseded");
+                tracing::debug!(old = %old.decision.reason.label(), new = %label, "a newer decision replaced the queued one");
+                reply(old.reply, ManualOutcome::Superseded { by: label });
+            }
+            Offer::Refused { job, queued } => {
+                self.count_drop(&job.decision.reason, "outranked");
+                reply(
+                    job.reply,
+                    ManualOutcome::Busy {
+                        queued: queued.label(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Starts `job`, or the next queued one when it cannot start.
+    fn launch(&mut self, mut job: Job<Reply>) {
+        loop {
+            match self.try_start(job) {
+                Ok(()) => return,
+                Err(()) => match self.sched.done() {
+                    Some(next) => job = next,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn try_start(&mut self, job: Job<Reply>) -> Result<(), ()> {
+        let Job {
+            decision: d,
+            wake,
+            reply: r,
+        } = job;
+        let label = d.reason.label();
+        let admission = match d.reason {
+            Reason::Manual => &self.shared.manual_admission,
+            _ => &self.shared.admission,
+        };
+        let (verdict, log, left) = match admission.lock() {
+            Ok(mut a) => {
+                let v = a.admit(&d);
+                let log = matches!(v, Verdict::Dropped { .. }) && a.should_log_drop();
+                (v, log, a.remaining())
+            }
+            Err(_) => (Verdict::Permitted, false, 0),
+        };
+        if let Verdict::Dropped { retry_in } = verdict {
+            if log {
+                tracing::warn!(
+                    reason = %label,
+                    retry_in_seconds = retry_in.as_secs(),
+                    "capture dropped: the quota is spent ({}); further drops are counted, not logged, until the period passes",
+                    if d.reason == Reason::Manual { "OOMSNAP_MANUAL_RATE_BURST per OOMSNAP_RATE_PERIOD" } else { "OOMSNAP_RATE_BURST per OOMSNAP_RATE_PERIOD" }
+                );
+            }
+            reply(r, ManualOutcome::QuotaSpent { retry_in });
+            return Err(());
+        }
+        let Some(spool) = self.shared.storage.spool.get().cloned() else {
+            self.count_drop(&d.reason, "no_spool");
+            reply(
+                r,
+                ManualOutcome::NoSpool {
+                    why: "the spool is not open; see problems on /status".into(),
+                },
+            );
+            return Err(());
+        };
+        let id = spool.unique_id(&keys::capture_id(d.sample.wall, &label));
+        let prefix = self
+            .shared
+            .storage
+            .shipper
+            .get()
+            .map(|s| s.store.prefix.clone())
+            .unwrap_or_default();
+        let key = keys::capture_prefix(&prefix, &self.shared.config.identity, &id).to_string();
+        let settings = self
+            .shared
+            .capture_settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| CaptureSettings::from_config(&self.shared.config));
+        let mut draft = crate::capture::draft(
+            &self.shared.config,
+            settings.target.clone(),
+            self.source.as_ref(),
+            self.restarts,
+            &id,
+            &d,
+            Some(wake),
+        );
+        let writer = match spool.begin(&id, &key, &draft) {
+            Ok(w) => w,
+            Err(e) => {
+                self.shared.problems.set(
+                    ProblemKind::Spool,
+                    format!("cannot spool a capture: {e}; is the spool directory writable and not full?"),
+                );
+                self.count_drop(&d.reason, "spool");
+                reply(r, ManualOutcome::SpoolFailed { why: e.to_string() });
+                return Err(());
+            }
+        };
+        tracing::info!(
+            capture = %id,
+            reason = %label,
+            percent = (d.sample.percent() * 10.0).round() / 10.0,
+            working_set_bytes = d.sample.working_set,
+            limit_bytes = d.sample.limit,
+            predicted_oom_in_seconds = d.predicted_oom_in.map(|p| (p.as_secs_f64() * 1e3).round() / 1e3),
+            wake = wake.name(),
+            quota_left = left,
+            "capturing"
+        );
+        self.running = Some(Running {
+            id,
+            key,
+            reason: d.reason,
+            percent: d.sample.percent(),
+            decided_at: d.sample.wall,
+            reply: r,
+        });
+        let capturer = self.capturer.clone();
+        let done = self.done_tx.clone();
+        let watch = self.shared.watch.clone();
+        let is_baseline = d.reason == Reason::Baseline;
+        let spool_dir = spool.dir().to_path_buf();
+        let t0 = d.sample.at;
+        tokio::spawn(async move {
+            let latest = || watch.last.lock().ok().and_then(|l| *l);
+            capturer
+                .fetch_all(&settings, &writer, &mut draft, t0, &latest)
+                .await;
+            let dir = writer.dir().to_path_buf();
+            let plain = draft.clone();
+            // A summary is a convenience: if it fails, the profiles ship
+            // without one.
+            let manifest = tokio::task::spawn_blocking(move || {
+                crate::summary::summarise(&dir, &spool_dir, &mut draft, is_baseline);
+                draft
+            })
+            .await
+            .unwrap_or(plain);
+            let result = Capturer::finish(writer, &manifest)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = done.send(Finished { manifest, result });
+        });
+        Ok(())
+    }
+
+    /// A capture task ended. With `next` false (shutdown) nothing queued
+    /// starts.
+    pub fn finished(&mut self, f: Finished, next: bool) {
+        let Some(run) = self.running.take() else {
+            return;
+        };
+        let m = &f.manifest;
+        let ok = m.profiles.iter().filter(|p| p.ok()).count();
+        let skipped = m.profiles.iter().filter(|p| p.skipped.is_some()).count();
+        let failed = m.profiles.len() - ok - skipped;
+        let durable_ms = m
+            .profiles
+            .iter()
+            .filter(|p| p.ok())
+            .filter_map(|p| p.durable_after_decision_ms)
+            .reduce(f64::max);
+        let verdict = crate::summary::verdict_of(m);
+        let metrics = &self.shared.metrics;
+        for p in &m.profiles {
+            if p.skipped.is_some() {
+                metrics
+                    .profiles_skipped
+                    .get_or_create(&SkipLabels {
+                        profile: p.name.clone(),
+                        cause: "headroom".into(),
+                    })
+                    .inc();
+                tracing::warn!(capture = %run.id, profile = %p.name, why = p.skipped.as_deref().unwrap_or(""), "a profile was skipped to spare the app");
+                continue;
+            }
+            metrics
+                .fetch_seconds
+                .get_or_create(&ProfileLabels {
+                    profile: p.name.clone(),
+                })
+                .observe(p.fetch_ms / 1e3);
+            if let Some(e) = &p.error {
+                tracing::warn!(capture = %run.id, profile = %p.name, error = %e, "a profile failed; the rest of the capture ships");
+            }
+        }
+        let outcome = match (&f.result, failed + skipped) {
+            (Err(_), _) => Outcome::Failed,
+            (Ok(()), 0) if ok > 0 => Outcome::Complete,
+            (Ok(()), _) if ok > 0 => Outcome::Partial,
+            (Ok(()), _) => Outcome::Failed,
+        };
+        match &f.result {
+            Ok(()) => {
+                self.shared.problems.clear(ProblemKind::Spool);
+                tracing::info!(
+                    capture = %run.id,
+                    key = %run.key,
+                    profiles_ok = ok,
+                    profiles_failed = failed,
+                    profiles_skipped = skipped,
+                    durable_after_decision_ms = durable_ms,
+                    verdict = verdict.as_deref().unwrap_or(""),
+                    "capture spooled{}",
+                    verdict.as_deref().map(|v| format!(": {v}")).unwrap_or_default()
+                );
+            }
+            Err(e) => tracing::error!(capture = %run.id, error = %e, "capture failed"),
+        }
+        // The target's answers, not the spool, decide the target problem.
+        let errors: Vec<&str> = m
+            .profiles
+            .iter()
+            .filter_map(|p| p.error.as_deref())
+            .collect();
+        self.shared.problems.report(
+            ProblemKind::Target,
+            (ok == 0 && !errors.is_empty()).then(|| {
+                format!(
+                    "the target {} answered no profile of capture {}: {}",
+                    m.target,
+                    run.id,
+                    errors.join("; ")
+                )
+            }),
+        );
+        metrics
+            .captures
+            .get_or_create(&CaptureLabels {
+                reason: run.reason.label(),
+                outcome: outcome.name().into(),
+            })
+            .inc();
+        self.shared.remember(CaptureEntry {
+            id: run.id.clone(),
+            key: run.key.clone(),
+            reason: run.reason,
+            outcome,
+            percent: (run.percent * 10.0).round() / 10.0,
+            decided_at: run.decided_at,
+            durable_at: m.durable_at(),
+            durable_after_decision_ms: durable_ms,
+            profiles_ok: ok,
+            profiles_failed: failed,
+            profiles_skipped: skipped,
+            verdict,
+        });
+        reply(
+            run.reply,
+            match (&f.result, ok) {
+                (Err(e), _) => ManualOutcome::SpoolFailed { why: e.clone() },
+                (Ok(()), 0) if failed > 0 => ManualOutcome::TargetFailed {
+                    why: errors.join("; "),
+                },
+                (Ok(()), _) => ManualOutcome::Captured {
+                    key: run.key.clone(),
+                    failed,
+                    skipped,
+                },
+            },
+        );
+        if let Some(spool) = self.shared.storage.spool.get().cloned() {
+            let keep = run.id.clone();
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = spool.enforce_bound(&keep) {
+                    shared.problems.set(
+                        ProblemKind::Spool,
+                        format!("cannot keep the spool bounded: {e}"),
+                    );
+                }
+                shared.refresh_spool_view();
+            });
+        }
+        if let Some(s) = self.shared.storage.shipper.get() {
+            s.wake.notify_one();
+        }
+        if let Some((at, evidence, last)) = self.pending_oom.take() {
+            self.write_oom(at, evidence, last);
+        }
+        if next {
+            if let Some(job) = self.sched.done() {
+                self.launch(job);
+            }
+        }
+    }
+
+    /// The kernel (or a restart) says the app was killed at `at`.
+    fn record_oom(&mut self, at: SystemTime, evidence: Evidence, last: Option<Sample>) {
+        if matches!(evidence, Evidence::OomKill { .. }) {
+            self.shared.oom_kills.fetch_add(1, Ordering::Relaxed);
+        }
+        // A kill while a capture is still being finished may be that
+        // capture's: its profiles may well be on disk already.
+        if self.running.is_some() {
+            self.pending_oom = Some((at, evidence, last));
+            return;
+        }
+        self.write_oom(at, evidence, last);
+    }
+
+    fn write_oom(&mut self, at: SystemTime, evidence: Evidence, last: Option<Sample>) {
+        let attribution = self
+            .shared
+            .captures
+            .lock()
+            .ok()
+            .and_then(|c| oom::attribute(&c, at, evidence, self.last_kill));
+        let Some(a) = attribution else {
+            if matches!(evidence, Evidence::OomKill { .. }) {
+                self.last_kill = Some(at);
+                tracing::warn!(
+                    evidence = evidence.name(),
+                    "the app was OOM-killed, but no capture preceded the kill"
+                );
+            }
+            return;
+        };
+        self.last_kill = Some(at);
+        if let Some(l) = a.lead_seconds.filter(|l| *l >= 0.0) {
+            self.shared.metrics.lead_seconds.observe(l);
+        }
+        let rec = OomRecord {
+            schema: SCHEMA,
+            capture_id: a.capture_id.clone(),
+            detected_at: manifest::timestamp(at),
+            evidence: evidence.name().into(),
+            oom_kills: match evidence {
+                Evidence::OomKill { kills } => Some(kills),
+                Evidence::Restart => None,
+            },
+            lead_seconds: a.lead_seconds,
+            chosen: Some(a.chosen.into()),
+            last_sample: last.as_ref().map(TriggerSample::from_sample),
+        };
+        tracing::warn!(
+            capture = %a.capture_id,
+            key = %a.key,
+            evidence = evidence.name(),
+            lead_seconds = a.lead_seconds,
+            chosen = a.chosen,
+            "the app was OOM-killed; {}",
+            match a.lead_seconds {
+                Some(l) if l >= 0.0 => format!("the capture was durable {l:.3} s before the kill"),
+                Some(l) => format!("the capture became durable only {:.3} s after the kill", -l),
+                None => "the capture's timing is unknown".into(),
+            }
+        );
+        let Some(spool) = self.shared.storage.spool.get().cloned() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let id = format!("{}_oom", keys::compact_time(SystemTime::now()));
+            let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+            match spool.add_single(&id, &a.key, manifest::OOM_FILE, &bytes) {
+                Ok(()) => {
+                    if let Some(s) = shared.storage.shipper.get() {
+                        s.wake.notify_one();
+                    }
+                }
+                Err(e) => shared
+                    .problems
+                    .set(ProblemKind::Spool, format!("cannot spool oom.json: {e}")),
+            }
+        });
+    }
+
+    pub fn event(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Located(src) => {
+                self.source = Some(src);
+                if self.mode == Mode::Run {
+                    let c = self.capturer.clone();
+                    if let Ok(settings) = self.shared.capture_settings.read().map(|s| s.clone()) {
+                        tokio::spawn(
+                            async move { c.warm(&settings, settings.profiles.len()).await },
+                        );
+                    }
+                }
+            }
+            WatchEvent::Fatal(why) => self.shared.problems.set(ProblemKind::Locate, why),
+            WatchEvent::Lost { why } => {
+                tracing::warn!(%why, "memory source lost");
+            }
+            WatchEvent::Restarted {
+                old_pid, restarts, ..
+            } => {
+                self.restarts = restarts;
+                tracing::warn!(old_pid, restarts, "the target restarted");
+                // With a cgroup, the kernel's counter says whether the
+                // restart was an OOM kill; only without one is a restart
+                // soon after a near-OOM capture taken as the kill.
+                let last = self.shared.watch.last.lock().ok().and_then(|l| *l);
+                if last.is_some_and(|s| s.oom_kills.is_none()) {
+                    self.record_oom(SystemTime::now(), Evidence::Restart, last);
+                }
+            }
+            WatchEvent::Decision { decision, wake } => self.decide(Job {
+                decision,
+                wake,
+                reply: None,
+            }),
+            WatchEvent::OomKill { at, kills, last } => {
+                self.record_oom(at, Evidence::OomKill { kills }, Some(last));
+            }
+        }
+    }
+
+    /// A manual request: a decision on the newest sample.
+    pub fn manual(&mut self, r: Reply) {
+        let sample = self
+            .shared
+            .watch
+            .last
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .unwrap_or_else(|| Sample {
+                limit: None,
+                ..Sample::synthetic(Instant::now(), 0, 0)
+            });
+        let decision = Decision {
+            reason: Reason::Manual,
+            sample: Sample {
+                at: Instant::now(),
+                wall: SystemTime::now(),
+                ..sample
+            },
+            slope: None,
+            predicted_oom_in: None,
+        };
+        self.decide(Job {
+            decision,
+            wake: Wake::Manual,
+            reply: Some(r),
+        });
+    }
+
+    /// Shutdown: the queued capture will not run.
+    pub fn drop_pending(&mut self) {
+        if let Some(job) = self.sched.take_pending() {
+            self.count_drop(&job.decision.reason, "shutdown");
+            reply(job.reply, ManualOutcome::ShuttingDown);
+        }
+    }
+}
+
+/// How long a manual request may wait for its capture: long enough for a
+/// cpu profile, a full fetch and the spool.
+pub fn manual_wait(c: &crate::config::Config) -> Duration {
+    c.fetch_timeout
+        .saturating_mul(2)
+        .saturating_add(c.cpu_profile_duration)
+        .saturating_add(Duration::from_secs(5))
+}

@@ -1,0 +1,144 @@
+//! Opens the spool and the store, and keeps trying until they open.
+//!
+//! A spool that cannot be created (a read-only or full disk) or a store that
+//! cannot be opened is a fault of oomsnap's, never a reason to exit: this
+//! task retries with backoff, reports the fault as a problem while it lasts,
+//! and publishes the spool and then the shipper into [`Shared::storage`] as
+//! soon as each opens. The pipeline takes captures once the spool is open;
+//! they wait there until the store opens. The spool is recovered (what a
+//! crash left behind) before the pipeline may write to it. A view of the
+//! spool for `/status` and `/metrics` is refreshed off the runtime thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::problems::ProblemKind;
+use crate::ship::Shipper;
+use crate::spool::Spool;
+use crate::state::Shared;
+use crate::store::Store;
+
+/// Retry bounds for opening the spool and the store.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often the spool view is refreshed.
+const VIEW_EVERY: Duration = Duration::from_secs(2);
+
+/// Sleeps `d`, or returns true when `stop` turns true first.
+async fn stopped_within(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+/// Runs until `stop` turns true. `store_valid` is false when
+/// `OOMSNAP_STORE` was refused at start: captures then stay in the spool.
+pub(crate) async fn supervise(shared: Arc<Shared>, store_valid: bool, mut stop: watch::Receiver<bool>) {
+    let c = &shared.config;
+    let mut wait = RETRY_MIN;
+    let spool = loop {
+        let (dir, max) = (c.spool_dir.clone(), c.spool_max_bytes);
+        let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max)).await;
+        match opened {
+            Ok(Ok((spool, rec))) => {
+                if rec.complete + rec.completed_from_draft + rec.removed_partial > 0 {
+                    tracing::info!(
+                        waiting = rec.complete,
+                        completed_after_crash = rec.completed_from_draft,
+                        removed_half_written = rec.removed_partial,
+                        "spool recovered from an earlier run"
+                    );
+                }
+                if rec.errors.is_empty() {
+                    shared.problems.clear(ProblemKind::Spool);
+                } else {
+                    shared.problems.set(
+                        ProblemKind::Spool,
+                        format!(
+                            "the spool {} holds bundles a crash left that cannot be completed now: {}; the rest ships",
+                            c.spool_dir.display(),
+                            rec.errors.join("; ")
+                        ),
+                    );
+                }
+                break spool;
+            }
+            Ok(Err(e)) => shared.problems.set(
+                ProblemKind::Spool,
+                format!(
+                    "cannot open the spool {} (OOMSNAP_SPOOL_DIR): {e}; no capture can be taken until it opens, retrying every {}",
+                    c.spool_dir.display(),
+                    humantime::format_duration(wait)
+                ),
+            ),
+            Err(e) => shared
+                .problems
+                .set(ProblemKind::Spool, format!("opening the spool failed: {e}")),
+        }
+        if stopped_within(&mut stop, wait).await {
+            return;
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    };
+    let _ = shared.storage.spool.set(spool.clone());
+    let view = tokio::spawn(refresh_view(shared.clone(), stop.clone()));
+
+    if !store_valid {
+        shared.problems.set(
+            ProblemKind::Store,
+            format!(
+                "OOMSNAP_STORE is not valid (see the config problem), so captures stay in the spool {} until it is fixed",
+                c.spool_dir.display()
+            ),
+        );
+        let _ = stop.wait_for(|s| *s).await;
+        view.abort();
+        return;
+    }
+    let mut wait = RETRY_MIN;
+    let store = loop {
+        let url = c.store.clone();
+        match tokio::task::spawn_blocking(move || Store::open(&url)).await {
+            Ok(Ok(store)) => break store,
+            Ok(Err(e)) => shared.problems.set(
+                ProblemKind::Store,
+                format!(
+                    "cannot open the store {} (OOMSNAP_STORE): {e}; captures wait in the spool, retrying every {}",
+                    c.store,
+                    humantime::format_duration(wait)
+                ),
+            ),
+            Err(e) => shared
+                .problems
+                .set(ProblemKind::Store, format!("opening the store failed: {e}")),
+        }
+        if stopped_within(&mut stop, wait).await {
+            view.abort();
+            return;
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    };
+    let shipper = Shipper::new(store, spool);
+    let _ = shared.storage.shipper.set(shipper.clone());
+    let problems = shared.clone();
+    shipper
+        .run(stop, move |p| problems.problems.report(ProblemKind::Store, p))
+        .await;
+    view.abort();
+}
+
+async fn refresh_view(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.refresh_spool_view()).await;
+        if stopped_within(&mut stop, VIEW_EVERY).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! What the running sidecar knows, shared by the pipeline (`run`), the admin
+//! server and the annotation follower.
+//!
+//! [`Shared`] is built once by `run` and handed out as an `Arc`. The
+//! pipeline writes it (captures, OOM kills, problems, the storage once it
+//! opens); the annotation follower writes the tunables; the admin server
+//! only reads it, and sends manual capture requests over [`Shared::manual`].
+//! This module depends on no stage that reads it, so the arrows point one
+//! way: `run`, `admin` and `annotations` → `state`.
+//!
+//! Everything the admin server reads here is cheap to read: the spool's size
+//! and waiting bundles are a [`SpoolView`] refreshed off the runtime thread,
+//! so a scrape of `/metrics` or `/status` never walks the disk.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::annotations::Tunables;
+use crate::capture::CaptureSettings;
+use crate::config::Config;
+use crate::limit::Admission;
+use crate::memory::watch::WatchState;
+use crate::metrics::Metrics;
+use crate::oom::CaptureEntry;
+use crate::problems::Problems;
+use crate::ship::Shipper;
+use crate::spool::Spool;
+
+/// Captures remembered for `/status` and OOM attribution.
+pub const RECENT: usize = 32;
+/// Bundles listed on `/status`; the rest are counted.
+pub const WAITING_LISTED: usize = 20;
+
+/// A manual capture request; the reply is its outcome.
+#[derive(Debug)]
+pub struct ManualRequest {
+    pub reply: oneshot::Sender<ManualOutcome>,
+}
+
+/// How a manual capture ended. The admin server turns it into an HTTP
+/// status; the core knows nothing of HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualOutcome {
+    /// Spooled; ships under `key`. Some profiles may have failed or been
+    /// skipped (`failed`, `skipped`).
+    Captured {
+        key: String,
+        failed: usize,
+        skipped: usize,
+    },
+    /// The manual quota is spent until `retry_in` passes.
+    QuotaSpent { retry_in: Duration },
+    /// A newer capture took its place in the queue.
+    Superseded { by: String },
+    /// An automatic capture is queued, and a manual request never takes its
+    /// place.
+    Busy { queued: String },
+    /// Every profile failed: the target did not answer properly.
+    TargetFailed { why: String },
+    /// The spool could not take the capture.
+    SpoolFailed { why: String },
+    /// The spool is not open yet (or cannot be); see `problems`.
+    NoSpool { why: String },
+    ShuttingDown,
+    /// `oomsnap watch` takes no captures.
+    WatchMode,
+}
+
+/// One bundle waiting in the spool, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WaitingBundle {
+    pub id: String,
+    pub key: String,
+    pub bytes: u64,
+}
+
+/// The spool as last seen by the background refresh.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SpoolView {
+    pub bytes: u64,
+    pub bundles: usize,
+    /// The newest [`WAITING_LISTED`] bundles.
+    pub waiting: Vec<WaitingBundle>,
+    #[serde(skip)]
+    pub refreshed: Option<Instant>,
+}
+
+/// The spool and the shipper, once they open. Either may never open (a
+/// read-only disk, a bad store URL); the sidecar then runs degraded.
+#[derive(Default)]
+pub struct Storage {
+    pub spool: OnceLock<Spool>,
+    pub shipper: OnceLock<Shipper>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("spool", &self.spool.get().map(|s| s.dir().to_path_buf()))
+            .field("shipper", &self.shipper.get().is_some())
+            .finish()
+    }
+}
+
+/// State shared by the pipeline, the admin server and the annotations.
+pub struct Shared {
+    pub config: Config,
+    pub started: SystemTime,
+    pub watch: Arc<WatchState>,
+    pub storage: Storage,
+    /// The quota of automatic (near-OOM) captures.
+    pub admission: Mutex<Admission>,
+    /// The quota of manual captures: separate, so requests from the
+    /// network can never spend the near-OOM budget.
+    pub manual_admission: Mutex<Admission>,
+    pub enabled: AtomicBool,
+    pub captures: Mutex<VecDeque<CaptureEntry>>,
+    pub problems: Problems,
+    pub manual: mpsc::Sender<ManualRequest>,
+    pub oom_kills: AtomicU64,
+    pub capture_settings: RwLock<CaptureSettings>,
+    pub metrics: Metrics,
+    /// The tunables as annotations last set them.
+    pub tunables: Mutex<Option<Tunables>>,
+    pub spool_view: Mutex<SpoolView>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+impl Shared {
+    pub fn new(config: Config, manual: mpsc::Sender<ManualRequest>) -> Arc<Shared> {
+        Arc::new(Shared {
+            admission: Mutex::new(Admission::new(config.rate_burst, config.rate_period)),
+            manual_admission: Mutex::new(Admission::new(
+                config.manual_rate_burst,
+                config.rate_period,
+            )),
+            capture_settings: RwLock::new(CaptureSettings::from_config(&config)),
+            config,
+            started: SystemTime::now(),
+            watch: Arc::new(WatchState::default()),
+            storage: Storage::default(),
+            enabled: AtomicBool::new(true),
+            captures: Mutex::new(VecDeque::new()),
+            problems: Problems::default(),
+            manual,
+            oom_kills: AtomicU64::new(0),
+            metrics: Metrics::default(),
+            tunables: Mutex::new(None),
+            spool_view: Mutex::new(SpoolView::default()),
+        })
+    }
+
+    /// Remembers a finished capture, keeping the newest [`RECENT`].
+    pub fn remember(&self, entry: CaptureEntry) {
+        if let Ok(mut c) = self.captures.lock() {
+            c.push_back(entry);
+            while c.len() > RECENT {
+                c.pop_front();
+            }
+        }
+    }
+
+    /// Re-reads the spool's size and bundles. Blocking: call it from a
+    /// blocking task.
+    pub fn refresh_spool_view(&self) {
+        let Some(spool) = self.storage.spool.get() else {
+            return;
+        };
+        let bundles = spool.bundles().unwrap_or_default();
+        let view = SpoolView {
+            bytes: spool.usage_bytes(),
+            bundles: bundles.len(),
+            waiting: bundles
+                .iter()
+                .rev()
+                .take(WAITING_LISTED)
+                .map(|b| WaitingBundle {
+                    id: b.id.clone(),
+                    key: b.key.clone(),
+                    bytes: b.bytes,
+                })
+                .collect(),
+            refreshed: Some(Instant::now()),
+        };
+        if let Ok(mut v) = self.spool_view.lock() {
+            *v = view;
+        }
+    }
+}
