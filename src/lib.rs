@@ -22,7 +22,6 @@
 //! - [`cli`]      — check, capture, ls, get and report for people
 
 pub mod admin;
-pub mod metrics;
 pub mod annotations;
 pub mod capture;
 pub mod cli;
@@ -31,8 +30,9 @@ pub mod inject;
 pub mod keys;
 pub mod limit;
 pub mod manifest;
-pub mod oneshot;
 pub mod memory;
+pub mod metrics;
+pub mod oneshot;
 pub mod oom;
 pub mod pprof;
 pub mod problems;

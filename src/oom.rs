@@ -118,14 +118,14 @@ pub fn attribute(
         .collect();
     let before = |c: &&&CaptureEntry| c.durable_at.is_some_and(|d| d <= at);
     let automatic = |c: &&&CaptureEntry| c.reason != Reason::Manual;
-    let (cap, chosen) = if let Some(c) = candidates
-        .iter()
-        .rev()
-        .find(|c| automatic(c) && before(c))
+    let (cap, chosen) = if let Some(c) = candidates.iter().rev().find(|c| automatic(c) && before(c))
     {
         (*c, "the newest automatic capture durable before the kill")
     } else if let Some(c) = candidates.iter().rev().find(automatic) {
-        (*c, "the newest automatic capture, durable only after the kill")
+        (
+            *c,
+            "the newest automatic capture, durable only after the kill",
+        )
     } else if let Some(c) = candidates.iter().rev().find(before) {
         (*c, "no automatic capture; the newest manual one")
     } else {

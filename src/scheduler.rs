@@ -169,10 +169,7 @@ mod tests {
         let mut s = Scheduler::default();
         s.offer(job(Reason::Baseline, 1));
         s.offer(job(Reason::Manual, 2));
-        let Offer::Queued {
-            replaced: Some(m),
-        } = s.offer(job(Reason::Imminent, 3))
-        else {
+        let Offer::Queued { replaced: Some(m) } = s.offer(job(Reason::Imminent, 3)) else {
             panic!("a near-OOM decision replaces a queued manual one")
         };
         assert_eq!(m.reply, Some(2));

@@ -53,18 +53,30 @@ pub enum ManualOutcome {
         skipped: usize,
     },
     /// The manual quota is spent until `retry_in` passes.
-    QuotaSpent { retry_in: Duration },
+    QuotaSpent {
+        retry_in: Duration,
+    },
     /// A newer capture took its place in the queue.
-    Superseded { by: String },
+    Superseded {
+        by: String,
+    },
     /// An automatic capture is queued, and a manual request never takes its
     /// place.
-    Busy { queued: String },
+    Busy {
+        queued: String,
+    },
     /// Every profile failed: the target did not answer properly.
-    TargetFailed { why: String },
+    TargetFailed {
+        why: String,
+    },
     /// The spool could not take the capture.
-    SpoolFailed { why: String },
+    SpoolFailed {
+        why: String,
+    },
     /// The spool is not open yet (or cannot be); see `problems`.
-    NoSpool { why: String },
+    NoSpool {
+        why: String,
+    },
     ShuttingDown,
     /// `oomsnap watch` takes no captures.
     WatchMode,

@@ -219,7 +219,7 @@ fn annotations_change_thresholds_and_pause_captures_without_a_restart() {
     assert!(wait_until(
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || snap.status()["dropped"]["paused"] == 1
+        || snap.status()["quota"]["dropped"]["paused"] == 1
     ));
     assert_eq!(
         captures(&snap),
@@ -239,16 +239,13 @@ fn annotations_change_thresholds_and_pause_captures_without_a_restart() {
     assert!(wait_until(
         Duration::from_secs(8),
         Duration::from_millis(100),
-        || {
-            snap.status()["problems"]["annotations"]
-                .as_array()
-                .unwrap()
-                .len()
-                == 2
-        }
+        || annotation_problem(&snap.status())
+            .matches("is ignored")
+            .count()
+            == 2
     ));
     let s = snap.status();
-    let problems = s["problems"]["annotations"].to_string();
+    let problems = annotation_problem(&s);
     assert!(
         problems.contains("oomsnap.dev/thresholds") && problems.contains("ninety"),
         "{problems}"
@@ -352,4 +349,16 @@ fn an_oom_kill_writes_oom_json_beside_the_last_capture() {
     let m = snap.get("/metrics").1;
     assert_eq!(metric(&m, "oomsnap_oom_kills_total"), Some(1.0));
     assert_eq!(metric(&m, "oomsnap_capture_lead_seconds_count"), Some(1.0));
+}
+
+/// The annotation problem `/status` shows, or an empty string.
+fn annotation_problem(status: &serde_json::Value) -> String {
+    status["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["kind"] == "annotations")
+        .and_then(|p| p["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
 }

@@ -327,7 +327,8 @@ async fn documented_metrics_are_exactly_the_exposed_series() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let (config, _) = oomsnap::config::Config::from_vars(&vars).unwrap();
-    let (spool, _) = oomsnap::spool::Spool::open(&config.spool_dir, config.spool_max_bytes).unwrap();
+    let (spool, _) =
+        oomsnap::spool::Spool::open(&config.spool_dir, config.spool_max_bytes).unwrap();
     let store = oomsnap::store::Store::open(&config.store).unwrap();
     let shipper = oomsnap::ship::Shipper::new(store, spool.clone());
     let (tx, _rx) = tokio::sync::mpsc::channel(1);

@@ -119,7 +119,7 @@ fn a_target_in_a_crash_loop_is_followed_and_the_quota_holds() {
         6,
         "the quota of 6 must hold over {kills} kills: {s:#}"
     );
-    let dropped: u64 = s["dropped"]
+    let dropped: u64 = s["quota"]["dropped"]
         .as_object()
         .unwrap()
         .values()

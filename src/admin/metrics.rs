@@ -208,8 +208,14 @@ impl Collector for StateCollector {
             "Object uploads, by outcome",
             "outcome",
             [
-                ("ok".to_string(), load(|s| s.objects_ok.load(Ordering::Relaxed))),
-                ("error".to_string(), load(|s| s.objects_failed.load(Ordering::Relaxed))),
+                (
+                    "ok".to_string(),
+                    load(|s| s.objects_ok.load(Ordering::Relaxed)),
+                ),
+                (
+                    "error".to_string(),
+                    load(|s| s.objects_failed.load(Ordering::Relaxed)),
+                ),
             ],
         )?;
         counter(

@@ -177,7 +177,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         missing.push(format!("no memory source is located yet {why}"));
     }
     match s.storage.shipper.get() {
-        Some(ship) if ship.stats.store_answered.load(std::sync::atomic::Ordering::Relaxed) => {}
+        Some(ship)
+            if ship
+                .stats
+                .store_answered
+                .load(std::sync::atomic::Ordering::Relaxed) => {}
         _ => missing.push(format!("the store {} has not answered yet", s.config.store)),
     }
     if missing.is_empty() {
@@ -272,7 +276,9 @@ fn outcome_json(o: &ManualOutcome) -> serde_json::Value {
             key,
             failed,
             skipped,
-        } => serde_json::json!({ "key": key, "profiles_failed": failed, "profiles_skipped": skipped }),
+        } => {
+            serde_json::json!({ "key": key, "profiles_failed": failed, "profiles_skipped": skipped })
+        }
         ManualOutcome::QuotaSpent { retry_in } => serde_json::json!({
             "error": format!("the manual capture quota ({}) is spent; it returns in {}",
                 "OOMSNAP_MANUAL_RATE_BURST per OOMSNAP_RATE_PERIOD",
@@ -344,7 +350,10 @@ mod tests {
 
     fn bearer(t: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
         h
     }
 
@@ -357,12 +366,16 @@ mod tests {
         assert!(may_capture(AdminCapture::Loopback, None, &lo, &none).is_ok());
         assert!(may_capture(AdminCapture::Loopback, None, &mapped, &none).is_ok());
         assert_eq!(
-            may_capture(AdminCapture::Loopback, None, &far, &none).unwrap_err().0,
+            may_capture(AdminCapture::Loopback, None, &far, &none)
+                .unwrap_err()
+                .0,
             StatusCode::FORBIDDEN
         );
         let t = Some("0123456789abcdef");
         assert_eq!(
-            may_capture(AdminCapture::Network, t, &far, &none).unwrap_err().0,
+            may_capture(AdminCapture::Network, t, &far, &none)
+                .unwrap_err()
+                .0,
             StatusCode::UNAUTHORIZED
         );
         assert!(may_capture(AdminCapture::Network, t, &far, &bearer("wrong-token-value")).is_err());
@@ -374,20 +387,41 @@ mod tests {
     fn every_outcome_has_a_status_and_a_sentence() {
         use std::time::Duration;
         let all = [
-            ManualOutcome::Captured { key: "k".into(), failed: 0, skipped: 1 },
-            ManualOutcome::QuotaSpent { retry_in: Duration::from_secs(30) },
-            ManualOutcome::Superseded { by: "threshold-90".into() },
-            ManualOutcome::Busy { queued: "imminent".into() },
-            ManualOutcome::TargetFailed { why: "refused".into() },
-            ManualOutcome::SpoolFailed { why: "ENOSPC".into() },
-            ManualOutcome::NoSpool { why: "not open".into() },
+            ManualOutcome::Captured {
+                key: "k".into(),
+                failed: 0,
+                skipped: 1,
+            },
+            ManualOutcome::QuotaSpent {
+                retry_in: Duration::from_secs(30),
+            },
+            ManualOutcome::Superseded {
+                by: "threshold-90".into(),
+            },
+            ManualOutcome::Busy {
+                queued: "imminent".into(),
+            },
+            ManualOutcome::TargetFailed {
+                why: "refused".into(),
+            },
+            ManualOutcome::SpoolFailed {
+                why: "ENOSPC".into(),
+            },
+            ManualOutcome::NoSpool {
+                why: "not open".into(),
+            },
             ManualOutcome::ShuttingDown,
             ManualOutcome::WatchMode,
         ];
         let codes: Vec<u16> = all.iter().map(|o| http_status(o).as_u16()).collect();
         assert_eq!(codes, [200, 429, 409, 409, 502, 507, 503, 503, 409]);
         for o in &all[1..] {
-            assert!(outcome_json(o)["error"].as_str().is_some_and(|e| !e.is_empty()), "{o:?}");
+            assert!(
+                outcome_json(o)["error"]
+                    .as_str()
+                    .is_some_and(|e| !e.is_empty()),
+                "{o:?}"
+            );
         }
     }
 }

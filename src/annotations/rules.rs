@@ -207,19 +207,49 @@ pub fn apply(
     let mut problems = Vec::new();
     let p = &mut problems;
     let with = |why: &'static str| move |e: String| format!("expected {why} ({e})");
-    if let Some(v) = field(ann, ENABLED, |v| parse_bool(v).map_err(|_| "expected true or false".into()), &last_good.enabled, p) {
+    if let Some(v) = field(
+        ann,
+        ENABLED,
+        |v| parse_bool(v).map_err(|_| "expected true or false".into()),
+        &last_good.enabled,
+        p,
+    ) {
         t.enabled = v;
     }
-    if let Some(v) = field(ann, THRESHOLDS, |v| parse_percent_list(v).map_err(with("ascending percents below 100 such as 80,90,95")), &last_good.thresholds, p) {
+    if let Some(v) = field(
+        ann,
+        THRESHOLDS,
+        |v| parse_percent_list(v).map_err(with("ascending percents below 100 such as 80,90,95")),
+        &last_good.thresholds,
+        p,
+    ) {
         t.thresholds = v;
     }
-    if let Some(v) = field(ann, PROFILES, |v| parse_profiles(v).map_err(with("a list such as heap,goroutine")), &last_good.profiles, p) {
+    if let Some(v) = field(
+        ann,
+        PROFILES,
+        |v| parse_profiles(v).map_err(with("a list such as heap,goroutine")),
+        &last_good.profiles,
+        p,
+    ) {
         t.profiles = v;
     }
-    if let Some(v) = field(ann, RATE_BURST, |v| parse_rate_burst(v).map_err(with("a whole number of captures")), &last_good.rate_burst, p) {
+    if let Some(v) = field(
+        ann,
+        RATE_BURST,
+        |v| parse_rate_burst(v).map_err(with("a whole number of captures")),
+        &last_good.rate_burst,
+        p,
+    ) {
         t.rate_burst = v;
     }
-    if let Some(v) = field(ann, RATE_PERIOD, |v| parse_rate_period(v).map_err(with("a duration such as 10m, from 1s to 30days")), &last_good.rate_period, p) {
+    if let Some(v) = field(
+        ann,
+        RATE_PERIOD,
+        |v| parse_rate_period(v).map_err(with("a duration such as 10m, from 1s to 30days")),
+        &last_good.rate_period,
+        p,
+    ) {
         t.rate_period = v;
     }
     // Port and path rebuild the URL on the environment's host.

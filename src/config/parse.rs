@@ -66,9 +66,12 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
     }
     let unit = unit.trim();
     // "E" alone is exa; "E" or "e" followed by a signed number is an exponent.
-    let exponent = unit
-        .strip_prefix(['e', 'E'])
-        .filter(|e| !e.is_empty() && e.trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit()));
+    let exponent = unit.strip_prefix(['e', 'E']).filter(|e| {
+        !e.is_empty()
+            && e.trim_start_matches(['+', '-'])
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+    });
     let (mult, div): (u64, u64) = match (unit, exponent) {
         (_, Some(e)) => {
             let e: i32 = e.parse().map_err(|_| format!("bad exponent {unit:?}"))?;
@@ -76,7 +79,11 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
                 return Err(format!("exponent {e} is out of range"));
             }
             let p = 10u64.pow(e.unsigned_abs());
-            if e >= 0 { (p, 1) } else { (1, p) }
+            if e >= 0 {
+                (p, 1)
+            } else {
+                (1, p)
+            }
         }
         ("" | "B", _) => (1, 1),
         ("m", _) => (1, 1000),

@@ -105,8 +105,7 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut p = pipeline::Pipeline::new(shared.clone(), mode, capturer, done_tx);
 
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tracing::info!(
         mode = mode.name(),
         thresholds = ?thresholds,

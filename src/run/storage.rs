@@ -39,7 +39,11 @@ async fn stopped_within(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 
 /// Runs until `stop` turns true. `store_valid` is false when
 /// `OOMSNAP_STORE` was refused at start: captures then stay in the spool.
-pub(crate) async fn supervise(shared: Arc<Shared>, store_valid: bool, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    store_valid: bool,
+    mut stop: watch::Receiver<bool>,
+) {
     let c = &shared.config;
     let mut wait = RETRY_MIN;
     let spool = loop {
@@ -128,7 +132,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, store_valid: bool, mut stop: 
     let _ = shared.storage.shipper.set(shipper.clone());
     let problems = shared.clone();
     shipper
-        .run(stop, move |p| problems.problems.report(ProblemKind::Store, p))
+        .run(stop, move |p| {
+            problems.problems.report(ProblemKind::Store, p)
+        })
         .await;
     view.abort();
 }
