@@ -18,8 +18,8 @@
 //!   loopback only by default (`OOMSNAP_ADMIN_CAPTURE`).
 //!
 //! The port faces the pod network, so the server bounds what any peer can
-//! cost it: at most [`MAX_CONNECTIONS`] at once (more are closed at
-//! accept), headers within [`HEADER_TIMEOUT`] and [`MAX_BUF_BYTES`], a body
+//! cost it: at most [`MAX_CONNECTIONS`] at once and
+//! [`MAX_CONNECTIONS_PER_PEER`] per address (more are closed at accept), headers within [`HEADER_TIMEOUT`] and [`MAX_BUF_BYTES`], a body
 //! of at most 1 KiB, and any connection closed after [`CONNECTION_MAX`]. A
 //! port that is taken is retried, never a reason to exit. The core reports
 //! a manual capture's outcome as a [`ManualOutcome`]; the mapping to HTTP
@@ -48,7 +48,10 @@ use crate::state::{ManualOutcome, ManualRequest, Shared};
 
 /// Connections served at once; more are closed as they arrive, so a flood
 /// costs the sidecar sockets it closes, not memory.
-pub const MAX_CONNECTIONS: usize = 32;
+pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once for one peer address, so one noisy peer
+/// cannot take every slot from the kubelet's probes and the scraper.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
 /// A request's headers must arrive within this; an idle keep-alive
 /// connection is closed after it too.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,9 +109,41 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(Arc::new(App { shared, registry }))
 }
 
+/// Connections held per peer address; a slot is given back on drop.
+#[derive(Clone, Default)]
+struct PerPeer(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct PeerSlot(PerPeer, std::net::IpAddr);
+
+impl PerPeer {
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = (self.0).0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let router = router(shared);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = PerPeer::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -124,13 +159,17 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             drop(stream);
             continue;
         };
+        let Some(peer_slot) = peers.take(peer.ip().to_canonical()) else {
+            drop(stream);
+            continue;
+        };
         let svc = TowerToHyperService::new(
             router
                 .clone()
                 .layer(Extension(ConnectInfo::<SocketAddr>(peer))),
         );
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, peer_slot);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)

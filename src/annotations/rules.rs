@@ -373,4 +373,34 @@ mod tests {
             assert_eq!(p.len(), 1, "{k}={v}: {p:?}");
         }
     }
+
+    #[test]
+    fn the_quota_cannot_be_switched_off_nor_a_rung_made_that_never_fires() {
+        let e = env();
+        let good = Tunables::from_config(&e);
+        for (k, v, says) in [
+            (RATE_PERIOD, "1ns", "at least 1s"),
+            (RATE_PERIOD, "1ms", "at least 1s"),
+            (RATE_BURST, "1001", "from 1 to 1000"),
+            (THRESHOLDS, "100", "can never fire"),
+            (THRESHOLDS, "80,100", "can never fire"),
+        ] {
+            let (t, p) = apply(&ann(&[(k, v)]), &e, &good);
+            assert_eq!(t, good, "{k}={v} changed the tunables");
+            assert_eq!(p.len(), 1, "{k}={v}: {p:?}");
+            assert!(p[0].contains(says), "{k}={v}: {}", p[0]);
+        }
+    }
+
+    #[test]
+    fn a_huge_value_is_refused_and_quoted_short() {
+        let e = env();
+        let good = Tunables::from_config(&e);
+        let huge = "9".repeat(200 << 10);
+        let (t, p) = apply(&ann(&[(THRESHOLDS, &huge)]), &e, &good);
+        assert_eq!(t.thresholds, good.thresholds);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].len() < 400, "{} bytes quoted", p[0].len());
+        assert!(p[0].contains("at most 1024 bytes"), "{}", p[0]);
+    }
 }
