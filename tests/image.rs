@@ -13,8 +13,8 @@
 //! - `image_builds_from_scratch_runs_and_stays_small`: builds
 //!   `deploy/image/Dockerfile.local` (from a host-built static binary) with
 //!   `buildah bud` on vfs storage in chroot isolation, runs it with `podman`
-//!   + `runc` under a cgroup below this test's own, prints the image size and
-//!   removes everything it made.
+//!   and `runc` under a cgroup below this test's own, prints the image size
+//!   and removes everything it made.
 //!
 //! What CI must do first (the tests build the binary themselves if it is
 //! missing, which takes minutes on 2 cores):
