@@ -40,6 +40,7 @@ pub mod profiles;
 pub mod run;
 pub mod scheduler;
 pub mod ship;
+pub mod speculative;
 pub mod spool;
 pub mod state;
 pub mod store;

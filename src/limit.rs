@@ -109,6 +109,23 @@ impl<C: Clock + Clone> Admission<C> {
         }
     }
 
+    /// Spends one unit of the quota outside a decision (a provisional
+    /// capture that was confirmed); false when none was left, which is
+    /// recorded but does not undo the capture.
+    pub fn charge(&mut self) -> bool {
+        match self.limiter.check() {
+            Ok(snapshot) => {
+                self.remaining = snapshot.remaining_burst_capacity();
+                self.permitted += 1;
+                true
+            }
+            Err(_) => {
+                self.remaining = 0;
+                false
+            }
+        }
+    }
+
     /// Counts a decision dropped for another cause (captures paused, a
     /// newer decision superseded it, shutdown), so every decision is
     /// accounted for.

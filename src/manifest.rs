@@ -144,6 +144,11 @@ pub struct Manifest {
     /// What grew: top functions, goroutines, diff against the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<serde_json::Value>,
+    /// For a capture decided by `imminent` below the first rung: what
+    /// confirmed the climb before it shipped (`threshold-80`, `oom_kill`,
+    /// `restart`, `manual`; see docs/how-it-works.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
     /// The baseline capture the diff was taken against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,

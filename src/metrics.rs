@@ -29,6 +29,11 @@ pub struct SkipLabels {
     pub cause: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 fn fetch_histogram() -> Histogram {
     Histogram::new([
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -41,6 +46,8 @@ pub struct Metrics {
     pub captures: Family<CaptureLabels, Counter>,
     pub fetch_seconds: Family<ProfileLabels, Histogram, fn() -> Histogram>,
     pub profiles_skipped: Family<SkipLabels, Counter>,
+    /// Provisional captures nothing confirmed, by reason.
+    pub captures_discarded: Family<ReasonLabel, Counter>,
     pub lead_seconds: Histogram,
 }
 
@@ -56,6 +63,7 @@ impl Default for Metrics {
             captures: Family::default(),
             fetch_seconds: Family::new_with_constructor(fetch_histogram),
             profiles_skipped: Family::default(),
+            captures_discarded: Family::default(),
             lead_seconds: Histogram::new([
                 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
             ]),

@@ -46,6 +46,10 @@ pub struct CaptureEntry {
     pub profiles_failed: usize,
     pub profiles_skipped: usize,
     pub verdict: Option<String>,
+    /// For a provisional capture: `waiting`, `confirmed by <what>` or
+    /// `discarded` (deleted unshipped, so never a kill's evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisional: Option<String>,
 }
 
 fn reason_label<S: serde::Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
@@ -114,6 +118,7 @@ pub fn attribute(
     let candidates: Vec<&CaptureEntry> = recent
         .iter()
         .filter(|c| c.reason != Reason::Baseline && c.profiles_ok > 0)
+        .filter(|c| c.provisional.as_deref() != Some("discarded"))
         .filter(|c| since.is_none_or(|s| c.decided_at > s) && c.decided_at <= at)
         .collect();
     let before = |c: &&&CaptureEntry| c.durable_at.is_some_and(|d| d <= at);
@@ -173,6 +178,7 @@ mod tests {
             profiles_failed: 0,
             profiles_skipped: 0,
             verdict: None,
+            provisional: None,
         }
     }
 

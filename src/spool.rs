@@ -19,6 +19,11 @@
 //! profile spooled before the kill is exactly the evidence oomsnap exists
 //! for; a partial bundle with nothing finished is removed.
 //!
+//! A provisional bundle (see `crate::speculative`) is complete but holds a
+//! `.provisional` marker: [`Spool::bundles`] leaves it out, so it never
+//! ships, until [`Spool::confirm`] records what confirmed it in its manifest
+//! and removes the marker, or [`Spool::discard`] deletes it.
+//!
 //! The spool is bounded: when it holds more than `max_bytes`, the oldest
 //! complete bundles are dropped (and counted) — never the newest, which is
 //! the one closest to the OOM.
@@ -39,6 +44,9 @@ const TMP: &str = ".tmp";
 pub const KEY_FILE: &str = ".key";
 /// The manifest without its profiles, written when a bundle begins.
 pub const DRAFT_FILE: &str = "draft.json";
+/// Present in a complete bundle that must not ship yet: a provisional
+/// capture waiting for confirmation (`crate::speculative`).
+pub const PROVISIONAL_FILE: &str = ".provisional";
 
 /// A spool operation that failed, naming the path.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +291,7 @@ impl Spool {
             id: id.to_string(),
             partial,
             final_dir: self.dir.join(id),
+            provisional: false,
         })
     }
 
@@ -313,7 +322,7 @@ impl Spool {
         {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.ends_with(PARTIAL) || !path.is_dir() {
+            if name.ends_with(PARTIAL) || !path.is_dir() || path.join(PROVISIONAL_FILE).exists() {
                 continue;
             }
             let Ok(key) = fs::read_to_string(path.join(KEY_FILE)) else {
@@ -350,6 +359,50 @@ impl Spool {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// Complete bundles held back as provisional, oldest first.
+    pub fn provisional(&self) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join(PROVISIONAL_FILE).exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(PARTIAL))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Makes a provisional bundle shippable: its manifest records what
+    /// confirmed it, then the marker goes. The profiles are untouched: the
+    /// bytes that ship are the bytes spooled before the kill.
+    pub fn confirm(&self, id: &str, by: &str) -> Result<(), SpoolError> {
+        let dir = self.dir.join(id);
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = fs::read(&path).map_err(io("read", &path))?;
+        let mut m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| SpoolError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        m.confirmed_by = Some(by.to_string());
+        let bytes = serde_json::to_vec_pretty(&m).map_err(|source| SpoolError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&dir, MANIFEST_FILE, &bytes)?;
+        let marker = dir.join(PROVISIONAL_FILE);
+        fs::remove_file(&marker).map_err(io("remove", &marker))?;
+        sync_dir(&dir)
+    }
+
+    /// Deletes a provisional bundle nothing confirmed.
+    pub fn discard(&self, id: &str) -> Result<(), SpoolError> {
+        let dir = self.dir.join(id);
+        fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+        sync_dir(&self.dir)
     }
 
     /// Bytes held by complete and partial bundles.
@@ -417,6 +470,7 @@ pub struct BundleWriter {
     pub id: String,
     partial: PathBuf,
     final_dir: PathBuf,
+    provisional: bool,
 }
 
 /// A file being written into a bundle; hashes as it goes.
@@ -484,8 +538,20 @@ impl BundleWriter {
         })
     }
 
+    /// Holds the bundle back from shipping once complete, until it is
+    /// confirmed or discarded.
+    pub fn provisional(mut self, yes: bool) -> Self {
+        self.provisional = yes;
+        self
+    }
+
     /// Writes the manifest and makes the bundle complete.
     pub fn finish(self, manifest: &Manifest) -> Result<PathBuf, SpoolError> {
+        // The marker is durable before the bundle is complete, so neither
+        // the shipper nor a restart can take it for a shippable one.
+        if self.provisional {
+            write_atomic(&self.partial, PROVISIONAL_FILE, b"")?;
+        }
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|source| SpoolError::Json {
             path: self.partial.join(MANIFEST_FILE),
             source,
@@ -495,11 +561,6 @@ impl BundleWriter {
         fs::rename(&self.partial, &self.final_dir).map_err(io("rename", &self.partial))?;
         sync_dir(self.final_dir.parent().expect("bundle has a parent"))?;
         Ok(self.final_dir)
-    }
-
-    /// Removes a bundle that will not be finished.
-    pub fn abandon(self) {
-        let _ = fs::remove_dir_all(&self.partial);
     }
 }
 
@@ -541,6 +602,7 @@ pub(crate) mod tests {
             target_counts: None,
             profiles: vec![],
             summary: None,
+            confirmed_by: None,
             baseline: None,
         }
     }

@@ -129,6 +129,12 @@ pub struct Shared {
     /// The quota of manual captures: separate, so requests from the
     /// network can never spend the near-OOM budget.
     pub manual_admission: Mutex<Admission>,
+    /// The quota of provisional captures, so a cache that fills and levels
+    /// off again and again cannot capture without bound; a confirmed one
+    /// then spends the near-OOM quota too.
+    pub speculative_admission: Mutex<Admission>,
+    /// Provisional captures waiting for confirmation, for `/status`.
+    pub provisional: Mutex<Vec<String>>,
     pub enabled: AtomicBool,
     pub captures: Mutex<VecDeque<CaptureEntry>>,
     pub problems: Problems,
@@ -155,6 +161,11 @@ impl Shared {
                 config.manual_rate_burst,
                 config.rate_period,
             )),
+            speculative_admission: Mutex::new(Admission::new(
+                config.rate_burst,
+                config.rate_period,
+            )),
+            provisional: Mutex::new(Vec::new()),
             capture_settings: RwLock::new(CaptureSettings::from_config(&config)),
             config,
             started: SystemTime::now(),

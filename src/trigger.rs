@@ -65,6 +65,8 @@ pub struct Policy {
     pub thresholds: Vec<f64>,
     pub hysteresis: f64,
     pub lead_time: Duration,
+    /// `false` when `OOMSNAP_IMMINENT=off`.
+    pub imminent: bool,
     /// `None` disables baselines.
     pub baseline_every: Option<Duration>,
 }
@@ -75,6 +77,7 @@ impl Policy {
             thresholds: c.thresholds.clone(),
             hysteresis: c.hysteresis,
             lead_time: c.lead_time,
+            imminent: c.imminent != crate::config::Imminent::Off,
             baseline_every: (!c.baseline_every.is_zero()).then_some(c.baseline_every),
         }
     }
@@ -269,7 +272,7 @@ impl Trigger {
         }
 
         // Imminent: the leak will reach the limit within the lead time.
-        if self.imminent_fired_at.is_none() {
+        if self.policy.imminent && self.imminent_fired_at.is_none() {
             if let Some(p) = predicted {
                 if p <= self.policy.lead_time {
                     self.imminent_fired_at = Some(pct);
@@ -305,6 +308,7 @@ mod tests {
             thresholds: vec![80.0, 90.0, 95.0],
             hysteresis: 5.0,
             lead_time: Duration::from_secs(2),
+            imminent: true,
             baseline_every: None,
         }
     }

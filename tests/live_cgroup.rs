@@ -95,6 +95,7 @@ fn watch_until_oom(
             thresholds: vec![80.0, 90.0, 95.0],
             hysteresis: 5.0,
             lead_time: lead,
+            imminent: true,
             baseline_every: None,
         },
         poll_min: Duration::from_millis(2).min(poll),

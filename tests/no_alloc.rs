@@ -41,6 +41,7 @@ fn sampling_and_deciding_allocate_nothing() {
             thresholds: vec![80.0, 90.0, 95.0],
             hysteresis: 5.0,
             lead_time: Duration::from_secs(2),
+            imminent: true,
             baseline_every: None,
         });
         // Warm up: the first call may size internal buffers.

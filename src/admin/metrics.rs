@@ -38,6 +38,11 @@ pub fn registry(shared: Arc<Shared>) -> Registry {
         m.profiles_skipped,
     );
     registry.register(
+        "oomsnap_captures_discarded",
+        "Provisional captures (imminent, below the first rung) that nothing confirmed within OOMSNAP_CONFIRM_WINDOW, deleted unshipped",
+        m.captures_discarded,
+    );
+    registry.register(
         "oomsnap_capture_lead_seconds",
         "Time between a capture becoming durable and the OOM kill it preceded",
         m.lead_seconds,

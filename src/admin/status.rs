@@ -107,6 +107,9 @@ pub fn document(s: &Shared) -> Value {
         "admin_capture": s.config.admin_capture,
         "oom_kills": s.oom_kills.load(Ordering::Relaxed),
         "captures": captures,
+        "provisional": s.provisional.lock().map(|p| p.clone()).unwrap_or_default(),
+        "imminent": s.config.imminent,
+        "speculative_quota": quota(&s.speculative_admission),
         "spool": spool,
         "store": store,
     })

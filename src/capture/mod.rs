@@ -476,6 +476,7 @@ pub fn draft(
         target_counts: None,
         profiles: Vec::new(),
         summary: None,
+        confirmed_by: None,
         baseline: None,
     }
 }

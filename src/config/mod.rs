@@ -83,6 +83,18 @@ pub enum AdminCapture {
     Off,
 }
 
+/// What becomes of a capture decided by `imminent` below the first rung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Imminent {
+    /// Spooled at once, shipped only when confirmed (`crate::speculative`).
+    Speculative,
+    /// Shipped at once, like a rung's capture.
+    Ship,
+    /// Imminent never fires.
+    Off,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +127,9 @@ pub struct Config {
     pub hysteresis: f64,
     #[serde(with = "humantime_serde_compat")]
     pub lead_time: Duration,
+    pub imminent: Imminent,
+    #[serde(with = "humantime_serde_compat")]
+    pub confirm_window: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub baseline_every: Duration,
     pub rate_burst: u32,
@@ -327,6 +342,23 @@ impl Config {
             },
         );
         let lead_time = r.duration(LEAD_TIME, DEFAULT_LEAD_TIME, MAX_SHORT_DURATION);
+        let imminent = r.parse(
+            IMMINENT,
+            Imminent::Speculative,
+            "one of speculative, ship, off",
+            |v| match v.to_ascii_lowercase().as_str() {
+                "speculative" => Ok(Imminent::Speculative),
+                "ship" => Ok(Imminent::Ship),
+                "off" => Ok(Imminent::Off),
+                _ => Err(String::new()),
+            },
+        );
+        let confirm_window = r.parse(
+            CONFIRM_WINDOW,
+            DEFAULT_CONFIRM_WINDOW,
+            "a duration such as 30s, from 1s to 1h",
+            |v| bounded(v, Duration::from_secs(1), MAX_SHORT_DURATION),
+        );
         let baseline_every = r.duration(BASELINE_EVERY, DEFAULT_BASELINE_EVERY, MAX_LONG_DURATION);
         let rate_burst = r.parse(
             RATE_BURST,
@@ -508,6 +540,8 @@ impl Config {
                 thresholds,
                 hysteresis,
                 lead_time,
+                imminent,
+                confirm_window,
                 baseline_every,
                 rate_burst,
                 rate_period,

@@ -26,6 +26,14 @@ pub const THRESHOLDS: &str = "OOMSNAP_THRESHOLDS";
 pub const HYSTERESIS: &str = "OOMSNAP_HYSTERESIS";
 /// Capture when the predicted time to OOM drops below this. Default `2s`.
 pub const LEAD_TIME: &str = "OOMSNAP_LEAD_TIME";
+/// What a capture decided by `imminent` below the first rung does:
+/// `speculative` (spooled at once, shipped only once a rung, a kill, a
+/// restart or a manual capture confirms it within `OOMSNAP_CONFIRM_WINDOW`),
+/// `ship` (shipped at once) or `off` (imminent never fires). Default
+/// `speculative`.
+pub const IMMINENT: &str = "OOMSNAP_IMMINENT";
+/// How long a provisional capture waits for confirmation. Default `30s`.
+pub const CONFIRM_WINDOW: &str = "OOMSNAP_CONFIRM_WINDOW";
 /// Baseline heap refresh interval; `0` disables. Default `1h`.
 pub const BASELINE_EVERY: &str = "OOMSNAP_BASELINE_EVERY";
 /// Near-OOM captures allowed in a burst. Default `4`.
@@ -97,6 +105,8 @@ pub const KNOWN: &[&str] = &[
     THRESHOLDS,
     HYSTERESIS,
     LEAD_TIME,
+    IMMINENT,
+    CONFIRM_WINDOW,
     BASELINE_EVERY,
     RATE_BURST,
     RATE_PERIOD,
@@ -128,6 +138,12 @@ pub const DEFAULT_THRESHOLDS: &[f64] = &[80.0, 90.0, 95.0];
 pub const DEFAULT_HYSTERESIS: f64 = 5.0;
 pub const DEFAULT_LEAD_TIME: Duration = Duration::from_secs(2);
 pub const DEFAULT_BASELINE_EVERY: Duration = Duration::from_secs(3600);
+/// Imminent fires when the slope predicts the limit within the lead time;
+/// a leak that goes on crosses the first rung, which lies below the limit,
+/// sooner still. Fifteen lead times leave room for a leak that slows down
+/// on its way, and are short enough that a start-up burst that levels off
+/// is forgotten within the minute.
+pub const DEFAULT_CONFIRM_WINDOW: Duration = Duration::from_secs(30);
 /// One climb decides up to four captures (imminent and three rungs); a
 /// burst of four lets the one closest to the OOM through.
 pub const DEFAULT_RATE_BURST: u32 = 4;

@@ -640,6 +640,7 @@ mod tests {
             thresholds: vec![80.0, 90.0],
             hysteresis: 5.0,
             lead_time: Duration::from_secs(2),
+            imminent: true,
             baseline_every: None,
         };
         assert_eq!(

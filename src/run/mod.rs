@@ -106,6 +106,8 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     let mut p = pipeline::Pipeline::new(shared.clone(), mode, capturer, done_tx);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
+    second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
         mode = mode.name(),
         thresholds = ?thresholds,
@@ -119,6 +121,7 @@ pub async fn run(loaded: Loaded, mode: Mode) {
             Some(ev) = watch_rx.recv() => p.event(ev),
             Some(f) = done_rx.recv() => p.finished(f, true),
             Some(req) = manual_rx.recv() => p.manual(req.reply),
+            _ = second.tick() => p.tick(),
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
                 tracing::info!("SIGTERM: stopping captures, finishing uploads");
                 break;

@@ -6,7 +6,11 @@
 //! spawns the capture task (fetch, summarise, finish). A finished capture
 //! comes back through [`Pipeline::finished`], which records it, answers a
 //! manual request, wakes the shipper, and writes `oom.json` when the kernel
-//! reports a kill ([`crate::oom`] picks the capture). File work (the spool
+//! reports a kill ([`crate::oom`] picks the capture). A capture decided by
+//! `imminent` below the first rung is provisional ([`crate::speculative`]):
+//! spooled like any other but held back until a rung, a kill, a restart or
+//! a manual capture confirms it, and discarded when nothing does within
+//! `OOMSNAP_CONFIRM_WINDOW`. File work (the spool
 //! bound, `oom.json`) runs on blocking threads: the runtime thread only
 //! waits on sockets and channels.
 
@@ -26,6 +30,7 @@ use crate::metrics::{CaptureLabels, ProfileLabels, SkipLabels};
 use crate::oom::{self, CaptureEntry, Evidence, Outcome};
 use crate::problems::ProblemKind;
 use crate::scheduler::{Job, Offer, Scheduler};
+use crate::speculative::{Action, Provisional};
 use crate::state::{ManualOutcome, Shared};
 use crate::trigger::{Decision, Reason};
 
@@ -41,6 +46,7 @@ pub(crate) struct Finished {
 }
 
 struct Running {
+    provisional: bool,
     id: String,
     key: String,
     reason: Reason,
@@ -62,6 +68,7 @@ pub(crate) struct Pipeline {
     last_kill: Option<SystemTime>,
     /// A kill seen while a capture was running: it may be that capture's.
     pending_oom: Option<(SystemTime, Evidence, Option<Sample>)>,
+    provisional: Provisional,
 }
 
 fn reply(r: Option<Reply>, outcome: ManualOutcome) {
@@ -88,6 +95,7 @@ impl Pipeline {
             done_tx,
             last_kill: None,
             pending_oom: None,
+            provisional: Provisional::default(),
         }
     }
 
@@ -119,6 +127,11 @@ impl Pipeline {
             );
             reply(job.reply, ManualOutcome::WatchMode);
             return;
+        }
+        // A rung or a person confirms what imminent began, even when this
+        // decision itself goes on to be dropped.
+        if matches!(d.reason, Reason::Threshold(_) | Reason::Manual) {
+            self.confirm(&d.reason.label());
         }
         if !self.shared.enabled.load(Ordering::Relaxed) && d.reason != Reason::Manual {
             self.count_drop(&d.reason, "paused");
@@ -168,8 +181,10 @@ impl Pipeline {
             reply: r,
         } = job;
         let label = d.reason.label();
+        let provisional = self.is_speculative(&d);
         let admission = match d.reason {
             Reason::Manual => &self.shared.manual_admission,
+            _ if provisional => &self.shared.speculative_admission,
             _ => &self.shared.admission,
         };
         let (verdict, log, left) = match admission.lock() {
@@ -227,7 +242,7 @@ impl Pipeline {
             Some(wake),
         );
         let writer = match spool.begin(&id, &key, &draft) {
-            Ok(w) => w,
+            Ok(w) => w.provisional(provisional),
             Err(e) => {
                 self.shared.problems.set(
                     ProblemKind::Spool,
@@ -247,9 +262,15 @@ impl Pipeline {
             predicted_oom_in_seconds = d.predicted_oom_in.map(|p| (p.as_secs_f64() * 1e3).round() / 1e3),
             wake = wake.name(),
             quota_left = left,
+            provisional,
             "capturing"
         );
+        if provisional {
+            self.provisional.add(&id, d.sample.at);
+            self.publish_provisional();
+        }
         self.running = Some(Running {
+            provisional,
             id,
             key,
             reason: d.reason,
@@ -386,7 +407,13 @@ impl Pipeline {
             profiles_failed: failed,
             profiles_skipped: skipped,
             verdict,
+            provisional: run.provisional.then(|| "waiting".to_string()),
         });
+        if run.provisional {
+            if let Some(a) = self.provisional.finished(&run.id) {
+                self.apply(a);
+            }
+        }
         reply(
             run.reply,
             match (&f.result, ok) {
@@ -427,11 +454,124 @@ impl Pipeline {
         }
     }
 
+    /// Whether `d` is provisional: imminent, below the first rung, with
+    /// `OOMSNAP_IMMINENT=speculative`.
+    fn is_speculative(&self, d: &Decision) -> bool {
+        if self.shared.config.imminent != crate::config::Imminent::Speculative
+            || d.reason != Reason::Imminent
+        {
+            return false;
+        }
+        let first = self
+            .shared
+            .tunables
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().and_then(|t| t.thresholds.first().copied()))
+            .or_else(|| self.shared.config.thresholds.first().copied())
+            .unwrap_or(100.0);
+        d.sample.percent() < first
+    }
+
+    /// Something confirmed the climb: provisional captures ship.
+    fn confirm(&mut self, by: &str) {
+        let window = self.shared.config.confirm_window;
+        for a in self.provisional.confirm(by, Instant::now(), window) {
+            self.apply(a);
+        }
+        self.publish_provisional();
+    }
+
+    /// Once a second: provisional captures past their window are discarded.
+    pub fn tick(&mut self) {
+        let window = self.shared.config.confirm_window;
+        for a in self.provisional.expire(Instant::now(), window) {
+            self.apply(a);
+        }
+    }
+
+    fn publish_provisional(&self) {
+        if let Ok(mut p) = self.shared.provisional.lock() {
+            *p = self.provisional.waiting();
+        }
+    }
+
+    fn mark(&self, id: &str, state: String) {
+        if let Ok(mut c) = self.shared.captures.lock() {
+            if let Some(e) = c.iter_mut().find(|e| e.id == id) {
+                e.provisional = Some(state);
+            }
+        }
+    }
+
+    /// Carries out a settled provisional capture's fate on the spool.
+    fn apply(&mut self, a: Action) {
+        self.publish_provisional();
+        let Some(spool) = self.shared.storage.spool.get().cloned() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        match a {
+            Action::Confirm { id, by } => {
+                let charged = self
+                    .shared
+                    .admission
+                    .lock()
+                    .map(|mut q| q.charge())
+                    .unwrap_or(true);
+                tracing::info!(
+                    capture = %id,
+                    confirmed_by = %by,
+                    within_quota = charged,
+                    "a provisional capture is confirmed and ships"
+                );
+                self.mark(&id, format!("confirmed by {by}"));
+                tokio::task::spawn_blocking(move || match spool.confirm(&id, &by) {
+                    Ok(()) => {
+                        if let Some(s) = shared.storage.shipper.get() {
+                            s.wake.notify_one();
+                        }
+                    }
+                    Err(e) => shared.problems.set(
+                        ProblemKind::Spool,
+                        format!("cannot confirm the provisional capture {id}: {e}"),
+                    ),
+                });
+            }
+            Action::Discard { id } => {
+                tracing::info!(
+                    capture = %id,
+                    window_seconds = self.shared.config.confirm_window.as_secs(),
+                    "a provisional imminent capture is discarded: no rung, kill, restart or manual capture followed within OOMSNAP_CONFIRM_WINDOW"
+                );
+                self.shared
+                    .metrics
+                    .captures_discarded
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: Reason::Imminent.label(),
+                    })
+                    .inc();
+                self.mark(&id, "discarded".into());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = spool.discard(&id) {
+                        shared.problems.set(
+                            ProblemKind::Spool,
+                            format!("cannot discard the provisional capture {id}: {e}"),
+                        );
+                    }
+                    shared.refresh_spool_view();
+                });
+            }
+        }
+    }
+
     /// The kernel (or a restart) says the app was killed at `at`.
     fn record_oom(&mut self, at: SystemTime, evidence: Evidence, last: Option<Sample>) {
         if matches!(evidence, Evidence::OomKill { .. }) {
             self.shared.oom_kills.fetch_add(1, Ordering::Relaxed);
         }
+        // The kill confirms what imminent began.
+        self.confirm(evidence.name());
         // A kill while a capture is still being finished may be that
         // capture's: its profiles may well be on disk already.
         if self.running.is_some() {

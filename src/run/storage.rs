@@ -90,6 +90,19 @@ pub(crate) async fn supervise(
         }
         wait = (wait * 2).min(RETRY_MAX);
     };
+    // Provisional captures a restart of oomsnap left: their window was not
+    // watched, so nothing can confirm or refute them now. A spooled capture
+    // is never lost: they ship, saying why.
+    let left = spool.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for id in left.provisional() {
+            let by = "oomsnap restarted within its confirmation window";
+            if let Err(e) = left.confirm(&id, by) {
+                tracing::error!(capture = %id, error = %e, "cannot release a provisional capture");
+            }
+        }
+    })
+    .await;
     let _ = shared.storage.spool.set(spool.clone());
     let view = tokio::spawn(refresh_view(shared.clone(), stop.clone()));
 

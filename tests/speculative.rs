@@ -1,0 +1,178 @@
+//! Capture early, ship only what the OOM confirms.
+//!
+//! A real Go app in a real 256 MiB memory cgroup fills memory fast and then
+//! stops at 58 % of the limit, below the first rung: `imminent` fires on the
+//! slope, its capture is spooled at once as provisional, nothing confirms
+//! it, and when the window ends it is discarded. Nothing near-OOM reaches
+//! the store, and `oomsnap_captures_discarded_total` says what happened.
+//! The same app leaking on to the kill has its provisional capture
+//! confirmed and shipped, with its manifest saying by what.
+//!
+//!   cargo test --test speculative -- --nocapture --test-threads 1
+//!
+//! prints the table quoted in docs/benchmarks.md.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: u64 = 256 << 20;
+/// Stop at 58 % of the limit: 148 MiB held by the leak, the rest is the
+/// runtime and the baseline.
+const STOP_AT_MIB: &str = "140";
+
+fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn manifests(store: &Path) -> Vec<serde_json::Value> {
+    files_under(store)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+fn start(cg: &MemCgroup, leaker: &Leaker, dir: &Path) -> Oomsnap {
+    Oomsnap::start(
+        &["run"],
+        &env(&[
+            ("OOMSNAP_CGROUP", cg.path().display().to_string()),
+            ("OOMSNAP_TARGET", leaker.pprof_base()),
+            ("OOMSNAP_SPOOL_DIR", dir.join("spool").display().to_string()),
+            (
+                "OOMSNAP_STORE",
+                format!("file://{}", dir.join("store").display()),
+            ),
+            ("OOMSNAP_BASELINE_EVERY", "0".into()),
+            ("OOMSNAP_CONFIRM_WINDOW", "3s".into()),
+        ]),
+    )
+}
+
+/// One false alarm at `rate` MiB/s (0 = as fast as the app can).
+fn false_alarm(rate: &str) -> Option<(f64, f64)> {
+    let cg = MemCgroup::create(LIMIT)?;
+    let leaker = Leaker::spawn(
+        Some(&cg),
+        &["-rate", rate, "-max", STOP_AT_MIB, "-delay", "1500ms"],
+    );
+    let dir = temp_dir("speculative");
+    let snap = start(&cg, &leaker, dir.path());
+    let store = dir.path().join("store");
+    let discarded = || {
+        let (_, m) = snap.get("/metrics");
+        metric(&m, "oomsnap_captures_discarded_total{reason=\"imminent\"}").unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || discarded() >= 1.0
+        ),
+        "rate {rate}: no provisional capture was discarded\n{}",
+        snap.logs()
+    );
+    // Give a wrongly shipped capture every chance to show up.
+    std::thread::sleep(Duration::from_secs(2));
+    let shipped = manifests(&store);
+    assert!(
+        shipped.is_empty(),
+        "rate {rate}: a false alarm reached the store: {:?}",
+        shipped
+            .iter()
+            .map(|m| m["reason"].clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(cg.oom_kill_count(), 0);
+    let s = snap.status();
+    let entry = s["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["reason"] == "imminent")
+        .cloned()
+        .unwrap_or_else(|| panic!("no imminent capture in {s:#}"));
+    assert_eq!(entry["provisional"], "discarded");
+    let peak = cg
+        .read("memory.max_usage_in_bytes")
+        .trim()
+        .parse::<f64>()
+        .unwrap();
+    Some((
+        entry["percent"].as_f64().unwrap(),
+        peak * 100.0 / LIMIT as f64,
+    ))
+}
+
+#[test]
+fn a_leak_that_stops_below_the_first_rung_leaves_nothing_in_the_store() {
+    if MemCgroup::create(LIMIT).is_none() {
+        assert!(!require_live("a writable v1 memory cgroup"));
+        return;
+    }
+    let mut rows = Vec::new();
+    for rate in ["64", "128", "0"] {
+        let (fired, peak) = false_alarm(rate).expect("memory cgroup");
+        rows.push((rate, fired, peak));
+    }
+    println!("\n| leak rate | imminent fired at | peak usage | near-OOM captures in the store | discarded |");
+    println!("|---|---|---|---|---|");
+    for (rate, fired, peak) in rows {
+        let rate = if rate == "0" {
+            "flat out".to_string()
+        } else {
+            format!("{rate} MiB/s")
+        };
+        println!("| {rate} | {fired:.1} % | {peak:.1} % | 0 | 1 |");
+    }
+}
+
+#[test]
+fn a_leak_that_goes_on_to_the_kill_ships_its_provisional_capture_confirmed() {
+    let Some(cg) = MemCgroup::create(LIMIT) else {
+        assert!(!require_live("a writable v1 memory cgroup"));
+        return;
+    };
+    let mut leaker = Leaker::spawn(Some(&cg), &["-rate", "128", "-delay", "1500ms"]);
+    let dir = temp_dir("speculative-oom");
+    let snap = start(&cg, &leaker, dir.path());
+    assert!(
+        leaker.wait_exit(Duration::from_secs(30)).is_some(),
+        "the app was never OOM-killed"
+    );
+    let store = dir.path().join("store");
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            manifests(&store).iter().any(|m| m["reason"] == "imminent")
+        }),
+        "the provisional capture never shipped\n{}",
+        snap.logs()
+    );
+    let m = manifests(&store)
+        .into_iter()
+        .find(|m| m["reason"] == "imminent")
+        .unwrap();
+    let by = m["confirmed_by"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{m:#}"));
+    assert!(
+        by.starts_with("threshold-") || by == "oom_kill",
+        "confirmed by {by}"
+    );
+    let (_, metrics) = snap.get("/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "oomsnap_captures_discarded_total{reason=\"imminent\"}"
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+}
