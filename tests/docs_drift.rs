@@ -363,6 +363,13 @@ async fn documented_metrics_are_exactly_the_exposed_series() {
     shared.metrics.lead_seconds.observe(1.0);
     shared
         .metrics
+        .captures_discarded
+        .get_or_create(&oomsnap::metrics::ReasonLabel {
+            reason: "imminent".into(),
+        })
+        .inc();
+    shared
+        .metrics
         .profiles_skipped
         .get_or_create(&SkipLabels {
             profile: "goroutine".into(),
