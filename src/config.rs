@@ -388,10 +388,7 @@ impl Config {
             MEMORY_LIMIT,
             None,
             "a size such as 512Mi, 1GiB or 268435456",
-            |v| match parse_size(v)? {
-                0 => Err("it must be above zero".into()),
-                n => Ok(Some(n)),
-            },
+            |v| parse_memory_limit(v).map(Some),
         );
         let thresholds = r.parse(
             THRESHOLDS,
@@ -692,6 +689,12 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
         let n: u64 = num.parse().map_err(|_| "too large".to_string())?;
         n.checked_mul(mult).ok_or_else(|| "too large".to_string())
     }
+}
+
+/// The rule for `OOMSNAP_MEMORY_LIMIT`: a size above zero. The injector
+/// checks every limit it writes with this same function.
+pub fn parse_memory_limit(v: &str) -> Result<u64, String> {
+    nonzero_size(v)
 }
 
 /// The longest timeout, grace, lead time or profile duration.
