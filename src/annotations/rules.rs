@@ -194,7 +194,9 @@ pub fn pyroscope_base_path(v: &str) -> Result<String, String> {
     }
 }
 
-fn pyroscope_scraped(ann: &BTreeMap<String, String>) -> bool {
+/// Whether Pyroscope scrapes this pod's memory profile
+/// ([`PYROSCOPE_MEMORY_SCRAPE`] is `"true"`).
+pub fn pyroscope_scraped(ann: &BTreeMap<String, String>) -> bool {
     ann.get(PYROSCOPE_MEMORY_SCRAPE)
         .is_some_and(|v| v.trim() == "true")
 }
