@@ -16,7 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use oomsnap::inject::{cert, serve, InjectSettings, TlsFiles};
+use futures_util::StreamExt as _;
+use oomsnap::inject::{cert, serve, InjectSettings, Scope, ServeLimits, TlsFiles};
 use serde_json::{json, Value};
 
 fn data(name: &str) -> PathBuf {
@@ -132,9 +133,15 @@ impl Server {
             key: dir.path().join(cert::KEY_FILE),
             reload_every: Duration::from_millis(100),
         };
-        let task = tokio::spawn(serve(listener, tls, settings, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            tls,
+            settings,
+            ServeLimits::default(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Server {
             addr,
             dir,
@@ -334,14 +341,27 @@ async fn webhook_patches_opted_in_pods_and_leaves_the_rest_alone() {
         assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 3);
     }
 
-    // No memory limit on the app: injected, warned, no resourceFieldRef.
-    if let Some((pod, response)) = inject_and_check(&server, "no-memory-limit.json", live).await {
-        let warnings = response["warnings"].as_array().expect("a warning");
-        assert!(
-            warnings[0].as_str().unwrap().contains("no memory limit"),
-            "{warnings:?}"
+    // No memory limit on the app: not injected; the pod carries the reason.
+    let review = load("no-memory-limit.json");
+    let response = server.review(&review).await;
+    let warnings = response["warnings"].as_array().expect("a warning");
+    assert!(
+        warnings[0].as_str().unwrap().contains("no memory limit"),
+        "{warnings:?}"
+    );
+    if live {
+        let patch = decode_patch(&response);
+        let pod = apply_patch(
+            tempfile::tempdir().unwrap().path(),
+            &review["request"]["object"],
+            &patch,
         );
-        assert!(!env_names(&sidecar(&pod)).contains(&"OOMSNAP_MEMORY_LIMIT".to_string()));
+        assert_eq!(
+            pod["metadata"]["annotations"]["oomsnap.dev/status"],
+            "skipped: no memory limit (set resources.limits.memory or oomsnap.dev/memory-limit)"
+        );
+        assert!(pod["spec"].get("initContainers").is_none(), "{pod:#}");
+        assert!(pod["spec"].get("shareProcessNamespace").is_none());
     }
 
     // Opted in by label only, no annotations at all: the annotations object
@@ -450,4 +470,652 @@ async fn a_replaced_certificate_is_served_without_a_restart() {
     }
     assert!(!ok(old_ca).await, "the old certificate is no longer served");
     server.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Under load: the real binary, many big reviews at once
+// ---------------------------------------------------------------------------
+
+/// The injector's memory limit in deploy/injector/base/deployment.yaml.
+fn injector_memory_limit() -> u64 {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/injector/base/deployment.yaml"),
+    )
+    .unwrap();
+    let after = text
+        .split("limits:")
+        .nth(1)
+        .expect("the injector has resource limits");
+    let line = after
+        .lines()
+        .find(|l| l.trim().starts_with("memory:"))
+        .expect("a memory limit");
+    oomsnap::config::parse_size(line.trim().trim_start_matches("memory:").trim())
+        .expect("the limit is a size")
+}
+
+/// The binary under test; `OOMSNAP_TEST_INJECTOR_BIN` points the load test at
+/// another build (how the report shows the old code failing it).
+fn injector_bin() -> PathBuf {
+    std::env::var_os("OOMSNAP_TEST_INJECTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(common::oomsnap_bin)
+}
+
+/// A real `oomsnap inject` process on loopback, killed on drop.
+struct InjectorProcess {
+    child: std::process::Child,
+    port: u16,
+    ca: String,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl InjectorProcess {
+    fn start(extra_env: &[(&str, &str)]) -> InjectorProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = cert::generate(&["localhost".to_string()]).unwrap();
+        cert::write(dir.path(), &generated).unwrap();
+        let port = common::free_port();
+        let log = dir.path().join("injector.log");
+        let mut cmd = Command::new(injector_bin());
+        cmd.args([
+            "inject",
+            &format!("--listen=127.0.0.1:{port}"),
+            &format!("--tls-cert={}", dir.path().join(cert::CERT_FILE).display()),
+            &format!("--tls-key={}", dir.path().join(cert::KEY_FILE).display()),
+        ])
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start oomsnap inject");
+        InjectorProcess {
+            child,
+            port,
+            ca: generated.ca_pem,
+            _dir: dir,
+            log,
+        }
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca.as_bytes()).unwrap()])
+            .resolve("localhost", SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    async fn wait_healthy(&self) {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(self.url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the injector never became healthy:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib * 1024
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for InjectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An opted-in pod review of about `size` bytes, shaped like the biggest real
+/// pods: a large `last-applied-configuration` annotation and thousands of
+/// environment variables (many small JSON objects, the costly shape to parse).
+fn big_review(uid: &str, size: usize) -> Vec<u8> {
+    let mut review = load("plain.json");
+    review["request"]["uid"] = json!(uid);
+    let pod = &mut review["request"]["object"];
+    pod["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!("x".repeat(size / 5));
+    let mut env = Vec::new();
+    let mut total = review.to_string().len();
+    let mut i = 0;
+    while total < size - 100 {
+        let e = json!({"name": format!("SETTING_{i:06}"), "value": format!("value-{i}")});
+        total += e.to_string().len() + 1;
+        env.push(e);
+        i += 1;
+    }
+    review["request"]["object"]["spec"]["containers"][0]["env"] = json!(env);
+    let body = review.to_string().into_bytes();
+    assert!(body.len() <= size, "{} > {size}", body.len());
+    body
+}
+
+/// Fires `bodies` at once, one connection each (as the API server's
+/// concurrent calls would be), and counts the answers: (patched, busy).
+async fn burst(injector: &InjectorProcess, bodies: Vec<Vec<u8>>) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let client = injector.client();
+        let url = injector.url("/mutate?timeout=5s");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            match r {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, r.text().await.unwrap_or_default())
+                }
+                Err(e) => (0, e.to_string()),
+            }
+        }));
+    }
+    let (mut patched, mut busy) = (0, 0);
+    for t in tasks {
+        let (status, text) = t.await.unwrap();
+        match status {
+            200 => {
+                let answer: Value = serde_json::from_str(&text).expect("a review");
+                assert_eq!(answer["response"]["allowed"], true, "{text:.300}");
+                assert!(answer["response"]["patch"].is_string(), "{text:.300}");
+                patched += 1;
+            }
+            // Overloaded: a clean error, which the API server turns into
+            // failurePolicy Ignore (the pod is created unchanged).
+            503 => {
+                assert!(text.contains("busy"), "{text}");
+                busy += 1;
+            }
+            other => panic!("unexpected answer {other}: {text:.300}"),
+        }
+    }
+    (patched, busy)
+}
+
+#[tokio::test]
+async fn sixty_concurrent_one_megabyte_reviews_stay_under_the_injectors_memory_limit() {
+    let limit = injector_memory_limit();
+    let injector = InjectorProcess::start(&[]);
+    injector.wait_healthy().await;
+    let idle = injector.peak_rss();
+
+    // A burst of ordinary pods is served whole: nothing is turned away.
+    let small: Vec<_> = (0..60)
+        .map(|i| big_review(&format!("44444444-0000-4000-8000-{i:012}"), 20_000))
+        .collect();
+    let (patched, busy) = burst(&injector, small).await;
+    assert_eq!((patched, busy), (60, 0), "{}", injector.logs());
+
+    const N: usize = 60;
+    // Just under the 1 MiB body cap, so every one is read and parsed (by the
+    // old code too).
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|i| big_review(&format!("33333333-0000-4000-8000-{i:012}"), 1_000_000))
+        .collect();
+    let started = Instant::now();
+    let (patched, busy) = burst(&injector, bodies).await;
+    let elapsed = started.elapsed();
+    let peak = injector.peak_rss();
+    println!(
+        "{N} reviews of ~1 MB: {patched} patched, {busy} answered busy, in {elapsed:?}; \
+         idle RSS {:.1} MiB, peak RSS {:.1} MiB, limit {:.0} MiB",
+        idle as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        limit as f64 / 1048576.0
+    );
+    assert!(patched > 0, "no review was answered:\n{}", injector.logs());
+    assert!(
+        peak < limit,
+        "peak RSS {peak} bytes is over the injector's {limit}-byte limit"
+    );
+}
+
+#[tokio::test]
+async fn a_full_injector_answers_busy_and_a_stalled_body_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = cert::generate(&["localhost".to_string()]).unwrap();
+    cert::write(dir.path(), &generated).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = ServeLimits {
+        max_concurrent: 1,
+        queue_wait: Duration::from_millis(300),
+        body_timeout: Duration::from_secs(2),
+        ..ServeLimits::default()
+    };
+    let tls = TlsFiles {
+        cert: dir.path().join(cert::CERT_FILE),
+        key: dir.path().join(cert::KEY_FILE),
+        reload_every: Duration::from_secs(60),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(
+        listener,
+        tls,
+        InjectSettings::default(),
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = || {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(generated.ca_pem.as_bytes()).unwrap()])
+            .resolve("localhost", addr)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}/mutate", addr.port());
+    let body = load("plain.json").to_string().into_bytes();
+
+    // The only turn, held by a body that arrives in part and then stalls.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let half = body[..body.len() / 2].to_vec();
+    let stalled = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) }).chain(
+        futures_util::stream::once(async move {
+            let _ = released.await;
+            Err(std::io::Error::other("never sent"))
+        }),
+    );
+    let holder = {
+        let request = client()
+            .post(&url)
+            .header("content-length", body.len())
+            .body(reqwest::Body::wrap_stream(stalled));
+        tokio::spawn(async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let r = client().post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("busy") && text.contains("failurePolicy"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it waited only briefly"
+    );
+
+    // The stalled body gives its turn back after body_timeout.
+    let (status, text) = holder.await.unwrap();
+    assert_eq!(status, 408, "{text}");
+    drop(release);
+    let r = client().post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the turn is free again");
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// One source of truth: what the injector writes, the sidecar accepts
+// ---------------------------------------------------------------------------
+
+/// The injected container in a decoded patch, if any.
+fn injected_container(patch: &Value) -> Option<Value> {
+    patch.as_array()?.iter().find_map(|op| {
+        let path = op["path"].as_str()?;
+        let value = &op["value"];
+        match path {
+            "/spec/initContainers/-" | "/spec/containers/-" => Some(value.clone()),
+            "/spec/initContainers" | "/spec/containers" => value
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == "oomsnap")
+                .cloned(),
+            _ => None,
+        }
+    })
+}
+
+/// A review of `pod` for the library's own handler.
+fn review_of(pod: &Value) -> Vec<u8> {
+    let mut review = load("plain.json");
+    review["request"]["object"] = pod.clone();
+    review.to_string().into_bytes()
+}
+
+/// Runs the handler on `pod`: (the injected container, the status written).
+fn inject_pod(
+    pod: &Value,
+    scope: Scope,
+    settings: &InjectSettings,
+) -> (Option<Value>, Option<String>) {
+    let answer = oomsnap::inject::mutate_scoped(&review_of(pod), scope, settings).unwrap();
+    let response = answer.response.unwrap();
+    assert!(response.allowed);
+    let Some(patch) = response.patch else {
+        return (None, None);
+    };
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .unwrap(),
+    )
+    .unwrap();
+    let status = patch.as_array().unwrap().iter().find_map(|op| {
+        let path = op["path"].as_str()?;
+        if path == "/metadata/annotations/oomsnap.dev~1status" {
+            op["value"].as_str().map(str::to_string)
+        } else if path == "/metadata/annotations" {
+            op["value"]["oomsnap.dev/status"]
+                .as_str()
+                .map(str::to_string)
+        } else {
+            None
+        }
+    });
+    (injected_container(&patch), status)
+}
+
+fn pick<'a>(rng: &mut fastrand::Rng, from: &[&'a str]) -> &'a str {
+    from[rng.usize(..from.len())]
+}
+
+/// A pod with annotations, limits and ports drawn from values that are
+/// valid, borderline or hostile for every rule the injector applies.
+fn random_pod(rng: &mut fastrand::Rng) -> Value {
+    let mut ann = serde_json::Map::new();
+    let mut maybe = |rng: &mut fastrand::Rng, key: &str, from: &[&str]| {
+        if rng.bool() {
+            ann.insert(key.into(), json!(pick(rng, from)));
+        }
+    };
+    maybe(
+        rng,
+        "oomsnap.dev/inject",
+        &["true", "enabled", "TRUE", "false", "maybe", ""],
+    );
+    maybe(
+        rng,
+        "oomsnap.dev/status",
+        &["injected", "skipped: no memory limit", "x"],
+    );
+    maybe(
+        rng,
+        "oomsnap.dev/container",
+        &["app", "nope", "linkerd-proxy", ""],
+    );
+    maybe(
+        rng,
+        "oomsnap.dev/port",
+        &[
+            "6060", " 8080 ", "0", "65535", "65536", "http", "-1", "", "6060/x", "1e3", "+80", "٣",
+        ],
+    );
+    maybe(
+        rng,
+        "oomsnap.dev/path",
+        &[
+            "/debug/pprof",
+            "/x?y",
+            "/d#f",
+            "//evil/x",
+            "/a/../b",
+            "relative",
+            "/",
+            "/%2e%2e",
+            "/ok/",
+            "/a b",
+            "/\u{0}",
+            "/é",
+            "",
+            "/tab\there",
+        ],
+    );
+    maybe(
+        rng,
+        "oomsnap.dev/memory-limit",
+        &[
+            "512Mi",
+            "0",
+            "0.5",
+            "1e9",
+            "lots",
+            " 1Gi ",
+            "99999999999999999999",
+            "1.5",
+            "256MiB",
+            "-1",
+            "",
+            "18446744073709551615",
+        ],
+    );
+    maybe(
+        rng,
+        "profiles.grafana.com/memory.scrape",
+        &["true", "false"],
+    );
+    maybe(
+        rng,
+        "profiles.grafana.com/memory.port",
+        &["7070", "x", "0", "70000"],
+    );
+    maybe(
+        rng,
+        "profiles.grafana.com/memory.port_name",
+        &["pprof", "metrics", "nope", ""],
+    );
+    maybe(
+        rng,
+        "profiles.grafana.com/memory.path",
+        &["/debug/pprof/allocs", "/custom", "/x/heap?gc=1", "/heap"],
+    );
+    let mut app = json!({"name": "app", "image": "app:1"});
+    if rng.bool() {
+        let limit = pick(
+            rng,
+            &[
+                "512Mi",
+                "0",
+                "1e9",
+                "0.5",
+                "1Ei",
+                "100E",
+                "garbage",
+                "128974848",
+                "500m",
+            ],
+        );
+        app["resources"] = json!({"limits": {"memory": limit}});
+    }
+    let ports: Vec<Value> = [
+        json!({"name": "pprof", "containerPort": 6061}),
+        json!({"name": "metrics", "containerPort": 0}),
+        json!({"name": "metrics", "containerPort": 70000}),
+        json!({"name": "http", "containerPort": 8080}),
+    ]
+    .into_iter()
+    .filter(|_| rng.bool())
+    .collect();
+    app["ports"] = json!(ports);
+    let mut containers = vec![app];
+    if rng.u8(..4) == 0 {
+        containers.insert(
+            0,
+            json!({"name": "linkerd-proxy", "image": "l",
+                   "resources": {"limits": {"memory": "64Mi"}}}),
+        );
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"generateName": "web-", "namespace": "shop", "annotations": ann},
+           "spec": {"containers": containers}})
+}
+
+/// Every injected sidecar's environment, resolved the way the kubelet
+/// resolves it, passes `Config::from_vars` with no error and no warning; and
+/// every pod that asked but was not injected says why on its status.
+#[test]
+fn every_environment_the_injector_emits_passes_the_sidecars_configuration() {
+    let mut rng = fastrand::Rng::with_seed(0x00f5_2a9e);
+    let with_store = InjectSettings {
+        store: Some("s3://bucket/prefix".into()),
+        ..InjectSettings::default()
+    };
+    let (mut injected, mut skipped) = (0, 0);
+    for i in 0..3000 {
+        let pod = random_pod(&mut rng);
+        let scope = if rng.bool() {
+            Scope::Pod
+        } else {
+            Scope::Namespace
+        };
+        let settings = if i % 2 == 0 {
+            &with_store
+        } else {
+            &InjectSettings::default()
+        };
+        let (container, status) = inject_pod(&pod, scope, settings);
+        match container {
+            Some(c) => {
+                injected += 1;
+                assert_eq!(status.as_deref(), Some("injected"));
+                let env = oomsnap::inject::kubelet::sidecar_env(&c, &pod)
+                    .unwrap_or_else(|e| panic!("{e}\npod: {pod:#}"));
+                match oomsnap::config::Config::from_vars(&env) {
+                    Ok((_, warnings)) => assert!(warnings.is_empty(), "{warnings:?}\n{env:#?}"),
+                    Err(e) => panic!("the sidecar refuses what the injector wrote:\n{e}\nenv: {env:#?}\npod: {pod:#}"),
+                }
+            }
+            None => {
+                if let Some(s) = status {
+                    skipped += 1;
+                    assert!(
+                        s.len() > "skipped: ".len() && s.starts_with("skipped: "),
+                        "{s}"
+                    );
+                    assert!(s.len() < 400, "{s}");
+                }
+            }
+        }
+    }
+    println!("{injected} injected, {skipped} skipped with a reason");
+    assert!(
+        injected > 300 && skipped > 300,
+        "{injected} injected, {skipped} skipped"
+    );
+}
+
+/// The strict `oomsnap check`, run for real on the environment of each
+/// annotation shape the issue found and of a sample of generated pods: it
+/// exits 0 (were it to pass, `run` stays up). The memory comes from a cgroup
+/// fixture with no limit of its own, so the limit must come from what the
+/// injector wrote.
+#[test]
+fn oomsnap_check_accepts_every_environment_the_injector_emits() {
+    let store = tempfile::tempdir().unwrap();
+    let settings = InjectSettings {
+        store: Some(format!("file://{}", store.path().display())),
+        ..InjectSettings::default()
+    };
+    let cgroup =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cgroup/v2_memory_max_unlimited");
+    let shaped = |ann: Value, limit: Option<&str>| {
+        let mut app = json!({"name": "app", "image": "app:1"});
+        if let Some(l) = limit {
+            app["resources"] = json!({"limits": {"memory": l}});
+        }
+        let mut a = ann;
+        a["oomsnap.dev/inject"] = json!("true");
+        json!({"metadata": {"generateName": "web-", "namespace": "shop", "annotations": a},
+               "spec": {"containers": [app]}})
+    };
+    let mut pods = vec![
+        shaped(
+            json!({"oomsnap.dev/port": "6060", "oomsnap.dev/path": "/x?y"}),
+            Some("512Mi"),
+        ),
+        shaped(
+            json!({"oomsnap.dev/port": "6060", "oomsnap.dev/path": "/d#f"}),
+            Some("512Mi"),
+        ),
+        shaped(
+            json!({"oomsnap.dev/port": "7070", "oomsnap.dev/path": "/internal/pprof"}),
+            Some("1e9"),
+        ),
+        shaped(json!({"oomsnap.dev/memory-limit": "512Mi"}), None),
+        shaped(
+            json!({"profiles.grafana.com/memory.scrape": "true",
+                   "profiles.grafana.com/memory.port": "7070",
+                   "profiles.grafana.com/memory.path": "/debug/pprof/allocs"}),
+            Some("0.5Gi"),
+        ),
+    ];
+    // The limits the issue found the sidecar refusing: not injected at all.
+    for bad in ["0", "0.5"] {
+        let (c, status) = inject_pod(
+            &shaped(json!({"oomsnap.dev/memory-limit": bad}), None),
+            Scope::Pod,
+            &settings,
+        );
+        assert!(c.is_none(), "memory-limit {bad:?} was injected");
+        assert!(status.unwrap().starts_with("skipped: no memory limit, and"));
+    }
+    let mut rng = fastrand::Rng::with_seed(0x000c_4ec4);
+    while pods.len() < 15 {
+        let pod = random_pod(&mut rng);
+        if inject_pod(&pod, Scope::Namespace, &settings).0.is_some() {
+            pods.push(pod);
+        }
+    }
+    for pod in &pods {
+        let (c, _) = inject_pod(pod, Scope::Namespace, &settings);
+        let c = c.unwrap_or_else(|| panic!("not injected: {pod:#}"));
+        let env = oomsnap::inject::kubelet::sidecar_env(&c, pod).unwrap();
+        let out = Command::new(common::oomsnap_bin())
+            .arg("check")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .env("OOMSNAP_CGROUP", &cgroup)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "oomsnap check exited {:?} on the injected environment {env:#?}\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
