@@ -268,6 +268,11 @@ pub fn decide<'p>(pod: &'p Pod<'p>, scope: Scope) -> Decision<'p> {
         Ok(c) => c,
         Err(why) => return Decision::Skip(why),
     };
+    // The API server refuses a nameless container; without a name the
+    // sidecar's resourceFieldRef and OOMSNAP_CONTAINER could point nowhere.
+    let Some(container_name) = container.name.get().filter(|n| !n.trim().is_empty()) else {
+        return Decision::Skip("the container to watch has no name".into());
+    };
     // Someone added the sidecar by hand: never a second one.
     let taken = each(&spec.containers)
         .filter_map(|c| c.name.get())
@@ -296,7 +301,7 @@ pub fn decide<'p>(pod: &'p Pod<'p>, scope: Scope) -> Decision<'p> {
     Decision::Inject(Injection {
         why,
         container,
-        container_name: container.name.get().unwrap_or_default().to_string(),
+        container_name: container_name.to_string(),
         memory_limit,
         target,
         warnings,
@@ -515,6 +520,19 @@ mod tests {
             assert_eq!(t, None, "{port} {path}");
             assert_eq!(w.len(), 1, "{port} {path}: {w:?}");
         }
+    }
+
+    #[test]
+    fn a_nameless_container_is_skipped() {
+        let p = pod(
+            json!({"oomsnap.dev/inject": "true"}),
+            json!([{"image": "a",
+            "resources": {"limits": {"memory": "1Gi"}}}]),
+        );
+        assert_eq!(
+            outcome(p, Scope::Pod),
+            "skip: the container to watch has no name"
+        );
     }
 
     #[test]
