@@ -16,7 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use oomsnap::inject::{cert, serve, InjectSettings, TlsFiles};
+use futures_util::StreamExt as _;
+use oomsnap::inject::server::{MUTATE_NAMESPACE_PATH, MUTATE_PATH};
+use oomsnap::inject::{cert, serve, InjectSettings, ServeLimits, TlsFiles};
 use serde_json::{json, Value};
 
 fn data(name: &str) -> PathBuf {
@@ -111,6 +113,16 @@ fn apply_patch(dir: &Path, doc: &Value, patch: &Value) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A client that trusts only `ca_pem` and reaches `localhost` at `addr`.
+fn https_client(ca_pem: &str, addr: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 struct Server {
     addr: SocketAddr,
     dir: tempfile::TempDir,
@@ -132,9 +144,15 @@ impl Server {
             key: dir.path().join(cert::KEY_FILE),
             reload_every: Duration::from_millis(100),
         };
-        let task = tokio::spawn(serve(listener, tls, settings, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            tls,
+            settings,
+            ServeLimits::default(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Server {
             addr,
             dir,
@@ -145,12 +163,7 @@ impl Server {
     }
 
     fn client(&self, ca_pem: &str) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
-            .resolve("localhost", self.addr)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
+        https_client(ca_pem, self.addr)
     }
 
     fn url(&self, path: &str) -> String {
@@ -158,9 +171,13 @@ impl Server {
     }
 
     async fn post(&self, body: Vec<u8>) -> (u16, String) {
+        self.post_to(MUTATE_PATH, body).await
+    }
+
+    async fn post_to(&self, path: &str, body: Vec<u8>) -> (u16, String) {
         let resp = self
             .client(&self.ca)
-            .post(self.url("/mutate?timeout=10s"))
+            .post(self.url(&format!("{path}?timeout=10s")))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -171,7 +188,12 @@ impl Server {
 
     /// Posts a review and returns its `response`, checking the envelope.
     async fn review(&self, review: &Value) -> Value {
-        let (status, text) = self.post(review.to_string().into_bytes()).await;
+        self.review_at(MUTATE_PATH, review).await
+    }
+
+    /// [`Server::review`] through the webhook entry at `path`.
+    async fn review_at(&self, path: &str, review: &Value) -> Value {
+        let (status, text) = self.post_to(path, review.to_string().into_bytes()).await;
         assert_eq!(status, 200, "{text}");
         let answer: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
@@ -237,8 +259,17 @@ fn env_names(container: &Value) -> Vec<String> {
 /// Patch, apply independently, validate, and re-inject: the second pass must
 /// be a no-op. Returns the patched pod and the first response.
 async fn inject_and_check(server: &Server, case: &str, live: bool) -> Option<(Value, Value)> {
+    inject_and_check_at(server, MUTATE_PATH, case, live).await
+}
+
+async fn inject_and_check_at(
+    server: &Server,
+    path: &str,
+    case: &str,
+    live: bool,
+) -> Option<(Value, Value)> {
     let review = load(case);
-    let response = server.review(&review).await;
+    let response = server.review_at(path, &review).await;
     let patch = decode_patch(&response);
     assert!(
         patch.as_array().is_some_and(|a| !a.is_empty()),
@@ -261,7 +292,7 @@ async fn inject_and_check(server: &Server, case: &str, live: bool) -> Option<(Va
     let mut again = review.clone();
     again["request"]["object"] = patched.clone();
     again["request"]["uid"] = json!("22222222-0000-4000-8000-000000000000");
-    let second = server.review(&again).await;
+    let second = server.review_at(path, &again).await;
     assert!(
         second.get("patch").is_none(),
         "{case}: injecting twice patched again: {second:#}"
@@ -334,14 +365,27 @@ async fn webhook_patches_opted_in_pods_and_leaves_the_rest_alone() {
         assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 3);
     }
 
-    // No memory limit on the app: injected, warned, no resourceFieldRef.
-    if let Some((pod, response)) = inject_and_check(&server, "no-memory-limit.json", live).await {
-        let warnings = response["warnings"].as_array().expect("a warning");
-        assert!(
-            warnings[0].as_str().unwrap().contains("no memory limit"),
-            "{warnings:?}"
+    // No memory limit on the app: not injected; the pod carries the reason.
+    let review = load("no-memory-limit.json");
+    let response = server.review(&review).await;
+    let warnings = response["warnings"].as_array().expect("a warning");
+    assert!(
+        warnings[0].as_str().unwrap().contains("no memory limit"),
+        "{warnings:?}"
+    );
+    if live {
+        let patch = decode_patch(&response);
+        let pod = apply_patch(
+            tempfile::tempdir().unwrap().path(),
+            &review["request"]["object"],
+            &patch,
         );
-        assert!(!env_names(&sidecar(&pod)).contains(&"OOMSNAP_MEMORY_LIMIT".to_string()));
+        assert_eq!(
+            pod["metadata"]["annotations"]["oomsnap.dev/status"],
+            "skipped: no memory limit (set resources.limits.memory or oomsnap.dev/memory-limit)"
+        );
+        assert!(pod["spec"].get("initContainers").is_none(), "{pod:#}");
+        assert!(pod["spec"].get("shareProcessNamespace").is_none());
     }
 
     // Opted in by label only, no annotations at all: the annotations object
@@ -364,6 +408,75 @@ async fn webhook_patches_opted_in_pods_and_leaves_the_rest_alone() {
         assert!(response.get("patchType").is_none(), "{case}: {response:#}");
     }
 
+    server.stop().await;
+}
+
+fn env_value(container: &Value, name: &str) -> Option<String> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn namespace_opt_in_pyroscope_and_skips_over_https() {
+    let live = live_tools();
+    let server = Server::start(InjectSettings::default()).await;
+
+    // A pod that says nothing: left alone by the pod entry, injected by the
+    // namespace entry.
+    let quiet = load("namespace-no-opt-in.json");
+    let response = server.review_at(MUTATE_PATH, &quiet).await;
+    assert!(response.get("patch").is_none(), "{response:#}");
+    if let Some((pod, _)) = inject_and_check_at(
+        &server,
+        MUTATE_NAMESPACE_PATH,
+        "namespace-no-opt-in.json",
+        live,
+    )
+    .await
+    {
+        assert_eq!(sidecar(&pod)["restartPolicy"], "Always");
+    }
+    // In an enabled namespace a pod may still opt out.
+    let out = server
+        .review_at(MUTATE_NAMESPACE_PATH, &load("namespace-opt-out.json"))
+        .await;
+    assert!(out.get("patch").is_none(), "{out:#}");
+
+    // Pyroscope's annotations, the port found by its name.
+    if let Some((pod, _)) = inject_and_check(&server, "pyroscope.json", live).await {
+        assert_eq!(
+            env_value(&sidecar(&pod), "OOMSNAP_TARGET").as_deref(),
+            Some("http://127.0.0.1:7070/debug/pprof")
+        );
+    }
+
+    // Skipped once, admitted again with a limit: injected, status replaced.
+    if let Some((pod, _)) = inject_and_check(&server, "skipped-then-limited.json", live).await {
+        assert_eq!(
+            pod["metadata"]["annotations"]["oomsnap.dev/status"],
+            "injected"
+        );
+    }
+
+    // Issue 10's shapes. A path with a query never becomes OOMSNAP_TARGET.
+    if let Some((pod, response)) = inject_and_check(&server, "path-with-query.json", live).await {
+        assert_eq!(env_value(&sidecar(&pod), "OOMSNAP_TARGET"), None);
+        let warnings = response["warnings"].to_string();
+        assert!(warnings.contains("oomsnap.dev/path"), "{warnings}");
+    }
+    // A memory limit of 0 for an app without one: only the status.
+    let review = load("memory-limit-zero.json");
+    let response = server.review(&review).await;
+    let patch = decode_patch(&response);
+    assert_eq!(patch.as_array().unwrap().len(), 1, "{patch:#}");
+    let status = patch[0]["value"].as_str().unwrap();
+    assert!(
+        status.starts_with("skipped: no memory limit, and oomsnap.dev/memory-limit=\"0\""),
+        "{status}"
+    );
     server.stop().await;
 }
 
@@ -450,4 +563,307 @@ async fn a_replaced_certificate_is_served_without_a_restart() {
     }
     assert!(!ok(old_ca).await, "the old certificate is no longer served");
     server.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Under load: the real binary, many big reviews at once
+// ---------------------------------------------------------------------------
+
+/// The injector's memory limit in deploy/injector/base/deployment.yaml.
+fn injector_memory_limit() -> u64 {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/injector/base/deployment.yaml"),
+    )
+    .unwrap();
+    let after = text
+        .split("limits:")
+        .nth(1)
+        .expect("the injector has resource limits");
+    let line = after
+        .lines()
+        .find(|l| l.trim().starts_with("memory:"))
+        .expect("a memory limit");
+    oomsnap::config::parse_size(line.trim().trim_start_matches("memory:").trim())
+        .expect("the limit is a size")
+}
+
+/// The binary under test; `OOMSNAP_TEST_INJECTOR_BIN` points the load test at
+/// another build (how the report shows the old code failing it).
+fn injector_bin() -> PathBuf {
+    std::env::var_os("OOMSNAP_TEST_INJECTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(common::oomsnap_bin)
+}
+
+/// A real `oomsnap inject` process on loopback, killed on drop.
+struct InjectorProcess {
+    child: std::process::Child,
+    port: u16,
+    ca: String,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl InjectorProcess {
+    fn start(extra_env: &[(&str, &str)]) -> InjectorProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = cert::generate(&["localhost".to_string()]).unwrap();
+        cert::write(dir.path(), &generated).unwrap();
+        let port = common::free_port();
+        let log = dir.path().join("injector.log");
+        let mut cmd = Command::new(injector_bin());
+        cmd.args([
+            "inject",
+            &format!("--listen=127.0.0.1:{port}"),
+            &format!("--tls-cert={}", dir.path().join(cert::CERT_FILE).display()),
+            &format!("--tls-key={}", dir.path().join(cert::KEY_FILE).display()),
+        ])
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start oomsnap inject");
+        InjectorProcess {
+            child,
+            port,
+            ca: generated.ca_pem,
+            _dir: dir,
+            log,
+        }
+    }
+
+    fn client(&self) -> reqwest::Client {
+        https_client(&self.ca, SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    async fn wait_healthy(&self) {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(self.url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the injector never became healthy:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib * 1024
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for InjectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An opted-in pod review of about `size` bytes, shaped like the biggest real
+/// pods: a large `last-applied-configuration` annotation and thousands of
+/// environment variables (many small JSON objects, the costly shape to parse).
+fn big_review(uid: &str, size: usize) -> Vec<u8> {
+    let mut review = load("plain.json");
+    review["request"]["uid"] = json!(uid);
+    let pod = &mut review["request"]["object"];
+    pod["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!("x".repeat(size / 5));
+    let mut env = Vec::new();
+    let mut total = review.to_string().len();
+    let mut i = 0;
+    while total < size - 100 {
+        let e = json!({"name": format!("SETTING_{i:06}"), "value": format!("value-{i}")});
+        total += e.to_string().len() + 1;
+        env.push(e);
+        i += 1;
+    }
+    review["request"]["object"]["spec"]["containers"][0]["env"] = json!(env);
+    let body = review.to_string().into_bytes();
+    assert!(body.len() <= size, "{} > {size}", body.len());
+    body
+}
+
+/// Fires `bodies` at once, one connection each (as the API server's
+/// concurrent calls would be), and counts the answers: (patched, busy).
+async fn burst(injector: &InjectorProcess, bodies: Vec<Vec<u8>>) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let client = injector.client();
+        let url = injector.url("/mutate?timeout=5s");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            match r {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, r.text().await.unwrap_or_default())
+                }
+                Err(e) => (0, e.to_string()),
+            }
+        }));
+    }
+    let (mut patched, mut busy) = (0, 0);
+    for t in tasks {
+        let (status, text) = t.await.unwrap();
+        match status {
+            200 => {
+                let answer: Value = serde_json::from_str(&text).expect("a review");
+                assert_eq!(answer["response"]["allowed"], true, "{text:.300}");
+                assert!(answer["response"]["patch"].is_string(), "{text:.300}");
+                patched += 1;
+            }
+            // Overloaded: a clean error, which the API server turns into
+            // failurePolicy Ignore (the pod is created unchanged).
+            503 => {
+                assert!(text.contains("busy"), "{text}");
+                busy += 1;
+            }
+            other => panic!("unexpected answer {other}: {text:.300}"),
+        }
+    }
+    (patched, busy)
+}
+
+#[tokio::test]
+async fn sixty_concurrent_one_megabyte_reviews_stay_under_the_injectors_memory_limit() {
+    let limit = injector_memory_limit();
+    let injector = InjectorProcess::start(&[]);
+    injector.wait_healthy().await;
+    let idle = injector.peak_rss();
+
+    // A burst of ordinary pods is served whole: nothing is turned away.
+    let small: Vec<_> = (0..60)
+        .map(|i| big_review(&format!("44444444-0000-4000-8000-{i:012}"), 20_000))
+        .collect();
+    let (patched, busy) = burst(&injector, small).await;
+    assert_eq!((patched, busy), (60, 0), "{}", injector.logs());
+
+    const N: usize = 60;
+    // Just under the 1 MiB body cap, so every one is read and parsed (by the
+    // old code too).
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|i| big_review(&format!("33333333-0000-4000-8000-{i:012}"), 1_000_000))
+        .collect();
+    let started = Instant::now();
+    let (patched, busy) = burst(&injector, bodies).await;
+    let elapsed = started.elapsed();
+    let peak = injector.peak_rss();
+    println!(
+        "{N} reviews of ~1 MB: {patched} patched, {busy} answered busy, in {elapsed:?}; \
+         idle RSS {:.1} MiB, peak RSS {:.1} MiB, limit {:.0} MiB",
+        idle as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        limit as f64 / 1048576.0
+    );
+    assert!(patched > 0, "no review was answered:\n{}", injector.logs());
+    assert!(
+        peak < limit,
+        "peak RSS {peak} bytes is over the injector's {limit}-byte limit"
+    );
+}
+
+#[tokio::test]
+async fn a_full_injector_answers_busy_and_a_stalled_body_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = cert::generate(&["localhost".to_string()]).unwrap();
+    cert::write(dir.path(), &generated).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = ServeLimits {
+        max_concurrent: 1,
+        queue_wait: Duration::from_millis(300),
+        body_timeout: Duration::from_secs(2),
+        ..ServeLimits::default()
+    };
+    let tls = TlsFiles {
+        cert: dir.path().join(cert::CERT_FILE),
+        key: dir.path().join(cert::KEY_FILE),
+        reload_every: Duration::from_secs(60),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(
+        listener,
+        tls,
+        InjectSettings::default(),
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = || https_client(&generated.ca_pem, addr);
+    let url = format!("https://localhost:{}/mutate", addr.port());
+    let body = load("plain.json").to_string().into_bytes();
+
+    // The only turn, held by a body that arrives in part and then stalls.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let half = body[..body.len() / 2].to_vec();
+    let stalled = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) }).chain(
+        futures_util::stream::once(async move {
+            let _ = released.await;
+            Err(std::io::Error::other("never sent"))
+        }),
+    );
+    let holder = {
+        let request = client()
+            .post(&url)
+            .header("content-length", body.len())
+            .body(reqwest::Body::wrap_stream(stalled));
+        tokio::spawn(async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let r = client().post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("busy") && text.contains("failurePolicy"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it waited only briefly"
+    );
+
+    // The stalled body gives its turn back after body_timeout.
+    let (status, text) = holder.await.unwrap();
+    assert_eq!(status, 408, "{text}");
+    drop(release);
+    let r = client().post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the turn is free again");
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }

@@ -22,13 +22,35 @@ pub const PATH: &str = "oomsnap.dev/path";
 pub const RATE_BURST: &str = "oomsnap.dev/rate-burst";
 pub const RATE_PERIOD: &str = "oomsnap.dev/rate-period";
 
+/// Opt-in (`"true"`) or opt-out (`"false"`) for the injector; also a pod
+/// label, and a namespace label with the value `enabled`. See [`parse_inject`].
+pub const INJECT: &str = "oomsnap.dev/inject";
+/// Written by the injector: `injected`, or `skipped: <reason>`.
+pub const STATUS: &str = "oomsnap.dev/status";
+/// The container to watch (the injector's choice; default the first).
+pub const CONTAINER: &str = "oomsnap.dev/container";
+/// A memory limit for an app container that has none; the injector passes it
+/// as `OOMSNAP_MEMORY_LIMIT` (checked with `config::parse_memory_limit`).
+pub const MEMORY_LIMIT: &str = "oomsnap.dev/memory-limit";
+
 /// Annotations the injector reads when it patches a pod; not live tunables.
-pub const INJECTOR_ONLY: &[&str] = &[
-    "oomsnap.dev/inject",
-    "oomsnap.dev/status",
-    "oomsnap.dev/container",
-    "oomsnap.dev/memory-limit",
-];
+pub const INJECTOR_ONLY: &[&str] = &[INJECT, STATUS, CONTAINER, MEMORY_LIMIT];
+
+/// Grafana Pyroscope's annotations for the `memory` profile, as its Helm
+/// chart's Alloy configuration reads them
+/// (`profiles.grafana.com/<profile-type>.{scrape,port,port_name,scheme,path}`).
+/// They are fallbacks for [`PORT`] and [`PATH`], honoured only when
+/// [`PYROSCOPE_MEMORY_SCRAPE`] is `"true"` (otherwise Pyroscope does not use
+/// them either, and they may be stale).
+pub const PYROSCOPE_MEMORY_SCRAPE: &str = "profiles.grafana.com/memory.scrape";
+/// The pprof port number.
+pub const PYROSCOPE_MEMORY_PORT: &str = "profiles.grafana.com/memory.port";
+/// A container port *name*; only the injector can resolve it (against the
+/// pod spec), the live follower sees annotations only.
+pub const PYROSCOPE_MEMORY_PORT_NAME: &str = "profiles.grafana.com/memory.port_name";
+/// The path of the memory profile itself (Go's default `/debug/pprof/allocs`);
+/// oomsnap takes the pprof index above it.
+pub const PYROSCOPE_MEMORY_PATH: &str = "profiles.grafana.com/memory.path";
 
 /// Every tunable annotation, for the docs test.
 pub const KNOWN: &[&str] = &[
@@ -194,6 +216,85 @@ fn field<T: Clone>(
     })
 }
 
+/// Reads an inject opt-in or opt-out: `true`/`enabled` (and the other true
+/// forms of `config::parse_bool`) or `false`/`disabled`; anything else is
+/// `None`, no opinion.
+pub fn parse_inject(v: &str) -> Option<bool> {
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("enabled") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("disabled") {
+        Some(false)
+    } else {
+        parse_bool(v).ok()
+    }
+}
+
+/// The pprof index above a Pyroscope memory profile path:
+/// `/debug/pprof/allocs` or `/debug/pprof/heap` → `/debug/pprof`.
+pub fn pyroscope_base_path(v: &str) -> Result<String, String> {
+    let path = parse_path(v)?;
+    match path.rsplit_once('/') {
+        Some((base, "allocs" | "heap")) if !base.is_empty() => Ok(base.to_string()),
+        _ => Err(format!(
+            "{v:?} does not end in /allocs or /heap, so the pprof index above it is unknown; \
+             set {PATH}"
+        )),
+    }
+}
+
+/// Whether Pyroscope scrapes this pod's memory profile
+/// ([`PYROSCOPE_MEMORY_SCRAPE`] is `"true"`).
+pub fn pyroscope_scraped(ann: &BTreeMap<String, String>) -> bool {
+    ann.get(PYROSCOPE_MEMORY_SCRAPE)
+        .is_some_and(|v| v.trim() == "true")
+}
+
+/// Which annotation sets the pprof port (ours, else Pyroscope's number), its
+/// value, and the port or why not.
+pub fn pprof_port(
+    ann: &BTreeMap<String, String>,
+) -> Option<(&'static str, &str, Result<u16, String>)> {
+    let key = if ann.contains_key(PORT) {
+        PORT
+    } else if pyroscope_scraped(ann) && ann.contains_key(PYROSCOPE_MEMORY_PORT) {
+        PYROSCOPE_MEMORY_PORT
+    } else {
+        return None;
+    };
+    let v = ann[key].as_str();
+    Some((key, v, parse_port(v)))
+}
+
+/// Which annotation sets the pprof path (ours, else Pyroscope's memory
+/// profile path), its value, and the path or why not.
+pub fn pprof_path(
+    ann: &BTreeMap<String, String>,
+) -> Option<(&'static str, &str, Result<String, String>)> {
+    if let Some(v) = ann.get(PATH) {
+        return Some((PATH, v, parse_path(v)));
+    }
+    let v = ann
+        .get(PYROSCOPE_MEMORY_PATH)
+        .filter(|_| pyroscope_scraped(ann))?;
+    Some((PYROSCOPE_MEMORY_PATH, v, pyroscope_base_path(v)))
+}
+
+/// `base` with its port and path replaced, checked with the sidecar's own
+/// `config::parse_target`, so the live follower and the injector build the
+/// same URL and never one the sidecar would refuse.
+pub fn target_with(base: &str, port: Option<u16>, path: Option<&str>) -> Result<String, String> {
+    let mut url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
+    if let Some(p) = port {
+        url.set_port(Some(p))
+            .map_err(|()| format!("{base} cannot take a port"))?;
+    }
+    if let Some(p) = path {
+        url.set_path(p);
+    }
+    crate::config::parse_target(url.as_str()).map(|(target, _)| target)
+}
+
 /// Applies annotations over the environment's values. Each bad value keeps
 /// the previous good one and adds a problem sentence. The rules are the
 /// environment's own (`config::parse`), so an annotation can never set what
@@ -253,22 +354,30 @@ pub fn apply(
         t.rate_period = v;
     }
     // Port and path rebuild the URL on the environment's host.
-    let port = field(ann, PORT, |v| parse_port(v).map(Some), &None, p);
-    let path = field(ann, PATH, |v| parse_path(v).map(Some), &None, p);
-    if matches!(port, Some(None)) || matches!(path, Some(None)) {
-        t.target = last_good.target.clone();
-    } else if port.is_some() || path.is_some() {
-        t.target = match reqwest::Url::parse(&env.target) {
-            Ok(mut url) => {
-                if let Some(Some(port)) = port {
-                    let _ = url.set_port(Some(port));
-                }
-                if let Some(Some(path)) = &path {
-                    url.set_path(path);
-                }
-                url.as_str().trim_end_matches('/').to_string()
-            }
-            Err(_) => last_good.target.clone(),
+    // Port and path rebuild the URL on the environment's host; oomsnap's
+    // annotations win over Pyroscope's.
+    let port = pprof_port(ann);
+    let path = pprof_path(ann);
+    if port.is_some() || path.is_some() {
+        let mut failed = false;
+        let errors = [
+            port.as_ref()
+                .and_then(|(k, v, r)| r.as_ref().err().map(|e| (*k, *v, e.clone()))),
+            path.as_ref()
+                .and_then(|(k, v, r)| r.as_ref().err().map(|e| (*k, *v, e.clone()))),
+        ];
+        for (key, value, why) in errors.into_iter().flatten() {
+            p.push(format!(
+                "annotation {key}={} is ignored: {why}; the last good value stays",
+                quote(value)
+            ));
+            failed = true;
+        }
+        let port = port.and_then(|(_, _, p)| p.ok());
+        let path = path.and_then(|(_, _, p)| p.ok());
+        t.target = match target_with(&env.target, port, path.as_deref()) {
+            Ok(target) if !failed => target,
+            _ => last_good.target.clone(),
         };
     }
     let unknown: Vec<&String> = ann
@@ -393,6 +502,60 @@ mod tests {
     }
 
     #[test]
+    fn pyroscope_memory_annotations_are_fallbacks_when_scraped() {
+        let e = env();
+        let good = Tunables::from_config(&e);
+        let scraped = [
+            (PYROSCOPE_MEMORY_SCRAPE, "true"),
+            (PYROSCOPE_MEMORY_PORT, "7070"),
+            (PYROSCOPE_MEMORY_PATH, "/internal/pprof/allocs"),
+        ];
+        let (t, p) = apply(&ann(&scraped), &e, &good);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(t.target, "http://127.0.0.1:7070/internal/pprof");
+
+        // oomsnap's own annotations win.
+        let mut ours = scraped.to_vec();
+        ours.extend([(PORT, "8080"), (PATH, "/debug/pprof")]);
+        let (t, _) = apply(&ann(&ours), &e, &good);
+        assert_eq!(t.target, "http://127.0.0.1:8080/debug/pprof");
+
+        // Not scraped by Pyroscope: its port is not trusted to be current.
+        let (t, p) = apply(&ann(&[(PYROSCOPE_MEMORY_PORT, "7070")]), &e, &good);
+        assert_eq!(t.target, good.target);
+        assert!(p.is_empty(), "{p:?}");
+
+        // A profile path oomsnap cannot take the index from is reported.
+        let (t, p) = apply(
+            &ann(&[
+                (PYROSCOPE_MEMORY_SCRAPE, "true"),
+                (PYROSCOPE_MEMORY_PATH, "/custom/mem"),
+            ]),
+            &e,
+            &good,
+        );
+        assert_eq!(t.target, good.target);
+        assert!(p[0].contains(PYROSCOPE_MEMORY_PATH), "{p:?}");
+    }
+
+    #[test]
+    fn pyroscope_paths_give_the_pprof_index() {
+        assert_eq!(
+            pyroscope_base_path("/debug/pprof/allocs").unwrap(),
+            "/debug/pprof"
+        );
+        assert_eq!(pyroscope_base_path("/x/heap").unwrap(), "/x");
+        for bad in [
+            "/heap",
+            "/debug/pprof",
+            "/debug/pprof/allocs?gc=1",
+            "allocs",
+        ] {
+            assert!(pyroscope_base_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_huge_value_is_refused_and_quoted_short() {
         let e = env();
         let good = Tunables::from_config(&e);
@@ -402,5 +565,33 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert!(p[0].len() < 400, "{} bytes quoted", p[0].len());
         assert!(p[0].contains("at most 1024 bytes"), "{}", p[0]);
+    }
+
+    #[test]
+    fn inject_values_read_true_false_or_nothing() {
+        for (v, want) in [
+            ("true", Some(true)),
+            (" Enabled ", Some(true)),
+            ("false", Some(false)),
+            ("disabled", Some(false)),
+            ("maybe", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_inject(v), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn targets_are_checked_by_the_sidecars_parser() {
+        let base = crate::config::DEFAULT_TARGET;
+        assert_eq!(
+            target_with(base, Some(7070), Some("/p")).unwrap(),
+            "http://127.0.0.1:7070/p"
+        );
+        assert_eq!(target_with(base, None, None).unwrap(), base);
+        // set_path percent-encodes what a path cannot hold, so no query or
+        // fragment can be smuggled in; the result still passes parse_target.
+        let t = target_with(base, None, Some("/x?y#z")).unwrap();
+        assert!(crate::config::parse_target(&t).is_ok(), "{t}");
     }
 }

@@ -1,18 +1,28 @@
 //! `oomsnap inject`: a mutating admission webhook that adds the oomsnap
-//! sidecar to pods annotated `oomsnap.dev/inject: "true"`.
+//! sidecar to pods that ask for it (a label or annotation
+//! `oomsnap.dev/inject: "true"`, or a namespace labelled
+//! `oomsnap.dev/inject=enabled`).
 //!
-//! - [`review`]   — AdmissionReview v1 serde types (small, hand-written)
+//! - [`pod`]      — a borrowed, lenient view of the review: parsed once
+//! - [`review`]   — the AdmissionReview envelope in and out
+//! - [`decide`]   — pure: is the pod ours, and with which values
+//! - [`patch`]    — pure: the decision → JSONPatch + warnings
+//! - [`quantity`] — Kubernetes resource quantities, one parser
+//! - [`kubelet`]  — the environment the kubelet would give the sidecar
 //! - [`settings`] — the sidecar's image, resources and store, from the
 //!   injector's environment (`OOMSNAP_INJECT_*`)
-//! - [`patch`]    — pure: pod JSON → JSONPatch + warnings
-//! - [`server`]   — HTTPS (rustls) server with a bounded body
+//! - [`server`]   — HTTPS (rustls), bounded in bodies and concurrent reviews
 //! - [`cert`]     — `--self-signed` certificates and the reload watcher
 //!
 //! [`mutate`] is the whole decision without a server; [`serve`] puts it on
 //! the network; [`run`] is what the CLI calls.
 
 pub mod cert;
+pub mod decide;
+pub mod kubelet;
 pub mod patch;
+pub mod pod;
+pub mod quantity;
 pub mod review;
 pub mod server;
 pub mod settings;
@@ -23,12 +33,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-pub use patch::{plan, Plan};
-pub use review::{AdmissionRequest, AdmissionResponse, AdmissionReview, ReviewError};
-pub use server::{serve, TlsFiles, MAX_BODY_BYTES};
+pub use decide::Scope;
+pub use patch::{plan, Outcome, Plan};
+pub use review::{parse_request, AdmissionResponse, AdmissionReview, ReviewError};
+pub use server::{serve, ServeLimits, TlsFiles, MAX_BODY_BYTES};
 pub use settings::{InjectSettings, KNOWN_VARS};
 
 use crate::config::{ConfigErrors, ProcessEnv, Vars};
+use pod::Request;
 
 /// Flags of `oomsnap inject`.
 #[derive(clap::Args, Debug, Clone)]
@@ -94,42 +106,80 @@ pub enum InjectError {
 }
 
 /// Decides one review: never refuses a pod (`allowed` is always true; the
-/// webhook only adds), patches opted-in pods, and explains in `warnings`
-/// what it could not do.
-pub fn mutate(request: &AdmissionRequest, settings: &InjectSettings) -> AdmissionReview {
+/// webhook only adds), patches pods that get the sidecar or are skipped,
+/// explains in `warnings` what it could not do, and logs the decision with
+/// its reason at info.
+pub fn mutate(request: &Request<'_>, scope: Scope, settings: &InjectSettings) -> AdmissionReview {
     let mut response = AdmissionResponse {
-        uid: request.uid.clone(),
+        uid: request.uid.get().unwrap_or_default().to_string(),
         allowed: true,
         patch_type: None,
         patch: None,
         warnings: Vec::new(),
     };
-    let is_pod = request.kind.kind == "Pod" && request.kind.group.is_empty();
+    let is_pod = request
+        .kind
+        .get()
+        .is_some_and(|k| k.kind.get() == Some("Pod") && k.group.get().unwrap_or("").is_empty());
     // Only CREATE: containers cannot be added to a pod that already exists.
-    let is_create = request.operation.is_empty() || request.operation == "CREATE";
-    if is_pod && is_create {
-        match request.object.as_ref().filter(|o| o.is_object()) {
-            None => response
+    let operation = request.operation.get().unwrap_or("");
+    let is_create = operation.is_empty() || operation == "CREATE";
+    let meta = request.object.get().and_then(|p| p.metadata.get());
+    let namespace = request
+        .namespace
+        .get()
+        .or_else(|| meta.and_then(|m| m.namespace.get()))
+        .unwrap_or("?");
+    let name = meta.map_or_else(|| "?".to_string(), |m| m.display_name());
+    let (outcome, reason) = match request.object.get() {
+        _ if !is_pod || !is_create => (Outcome::LeftAlone, "not a pod CREATE".to_string()),
+        None => {
+            response
                 .warnings
-                .push("oomsnap: the review carries no pod object; not injected".into()),
-            Some(pod) => {
-                let plan = patch::plan(pod, settings);
-                response.warnings = plan.warnings;
-                if let Some(ops) = plan.patch {
-                    let text = serde_json::to_vec(&ops).expect("JSON values serialise");
-                    response.patch_type = Some("JSONPatch".into());
-                    response.patch = Some(base64::engine::general_purpose::STANDARD.encode(text));
-                }
-            }
+                .push("oomsnap: the review carries no pod object; not injected".into());
+            (
+                Outcome::LeftAlone,
+                "the review carries no pod object".to_string(),
+            )
         }
-    }
+        Some(pod) => {
+            let plan = patch::plan(pod, scope, settings);
+            response.warnings = plan.warnings;
+            if let Some(ops) = plan.patch {
+                let text = serde_json::to_vec(&ops).expect("JSON values serialise");
+                response.patch_type = Some("JSONPatch".into());
+                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(text));
+            }
+            (plan.outcome, plan.reason)
+        }
+    };
+    tracing::info!(
+        namespace = %namespace,
+        pod = %name,
+        scope = scope.name(),
+        outcome = outcome.name(),
+        reason = %reason,
+        warnings = ?response.warnings,
+        "admission decision"
+    );
     AdmissionReview::answer(response)
 }
 
-/// [`mutate`] from a raw request body.
+/// [`mutate`] from a raw request body, parsed once, for the webhook entry
+/// `scope` ([`server::MUTATE_PATH`] is [`Scope::Pod`],
+/// [`server::MUTATE_NAMESPACE_PATH`] is [`Scope::Namespace`]).
+pub fn mutate_scoped(
+    body: &[u8],
+    scope: Scope,
+    settings: &InjectSettings,
+) -> Result<AdmissionReview, ReviewError> {
+    let request = review::parse_request(body)?;
+    Ok(mutate(&request, scope, settings))
+}
+
+/// [`mutate_scoped`] for pods that opt in themselves ([`Scope::Pod`]).
 pub fn mutate_body(body: &[u8], settings: &InjectSettings) -> Result<AdmissionReview, ReviewError> {
-    let request = AdmissionReview::parse_request(body)?;
-    Ok(mutate(&request, settings))
+    mutate_scoped(body, Scope::Pod, settings)
 }
 
 /// `oomsnap inject`: either write a self-signed certificate and exit, or
@@ -171,7 +221,14 @@ pub async fn run(args: InjectArgs) -> Result<(), InjectError> {
         key: args.tls_key,
         reload_every: args.reload_every,
     };
-    serve(listener, tls, settings, shutdown_signal()).await
+    serve(
+        listener,
+        tls,
+        settings,
+        ServeLimits::default(),
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Completes on SIGTERM (what kubelet sends) or Ctrl-C.

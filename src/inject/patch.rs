@@ -1,38 +1,34 @@
-//! Pure patch building: a pod (as JSON) plus [`InjectSettings`] in, a
-//! JSONPatch (RFC 6902) and warnings out. No I/O, so every rule is a unit
-//! test.
+//! Pure patch building: a pod view plus [`InjectSettings`] in, a JSONPatch
+//! (RFC 6902), the outcome and its reason out. No I/O, so every rule is a
+//! unit test.
 //!
-//! Rules, in the order they are checked:
-//! - a pod without `oomsnap.dev/inject: "true"` is left alone;
-//! - a pod with `oomsnap.dev/status: injected` is left alone (never twice);
-//! - a pod that already has our container or volume names is left alone,
-//!   with a warning (someone added the sidecar by hand);
-//! - otherwise the sidecar, its two volumes, `shareProcessNamespace` and the
-//!   status annotation are added.
+//! [`super::decide`] says whether the pod gets the sidecar. Then:
+//! - left alone (not opted in, opted out, already injected): no patch;
+//! - skipped (it asked, but cannot be watched or would conflict): only the
+//!   annotation `oomsnap.dev/status: "skipped: <reason>"`, so the reason is
+//!   visible on the pod, not only in a warning the ReplicaSet controller
+//!   receives and no person reads;
+//! - injected: the sidecar, its two volumes, `shareProcessNamespace` and
+//!   `oomsnap.dev/status: injected`.
 //!
-//! JSONPatch cannot append to an array that does not exist, so
-//! `/spec/initContainers`, `/spec/volumes` and `/metadata/annotations` are
-//! added whole when absent and appended to (`/-`) otherwise.
+//! Every patch must apply: a JSONPatch the API server cannot apply fails
+//! the pod's creation whatever the `failurePolicy`. JSONPatch cannot append
+//! to an array that does not exist, so `/spec/initContainers`,
+//! `/spec/volumes` and `/metadata/annotations` are added whole when absent
+//! and appended to (`/-`) otherwise.
 
 use serde_json::{json, Map, Value};
 
+use super::decide::{
+    decide, Decision, Injection, MemoryLimit, Scope, STATUS_INJECTED, STATUS_SKIPPED,
+};
+use super::pod::{Ids, Metadata, Pod, Spec};
 use super::settings::InjectSettings;
-
-/// The opt-in annotation (or label); its value must be `"true"`.
-pub const ANNOTATION_INJECT: &str = "oomsnap.dev/inject";
-/// Set on every patched pod so it is never patched twice.
-pub const ANNOTATION_STATUS: &str = "oomsnap.dev/status";
-/// The value of [`ANNOTATION_STATUS`] after injection.
-pub const STATUS_INJECTED: &str = "injected";
-/// Names the app container to watch; default the first container.
-pub const ANNOTATION_CONTAINER: &str = "oomsnap.dev/container";
-/// The app's pprof port, passed to the sidecar as `OOMSNAP_TARGET`.
-pub const ANNOTATION_PORT: &str = "oomsnap.dev/port";
-/// The app's pprof path (default `/debug/pprof`), used with the port.
-pub const ANNOTATION_PATH: &str = "oomsnap.dev/path";
-/// A memory limit for pods whose app container has none, passed as
-/// `OOMSNAP_MEMORY_LIMIT`.
-pub const ANNOTATION_MEMORY_LIMIT: &str = "oomsnap.dev/memory-limit";
+pub use crate::annotations::rules::{
+    CONTAINER as ANNOTATION_CONTAINER, INJECT as ANNOTATION_INJECT,
+    MEMORY_LIMIT as ANNOTATION_MEMORY_LIMIT, PATH as ANNOTATION_PATH, PORT as ANNOTATION_PORT,
+    STATUS as ANNOTATION_STATUS,
+};
 
 /// Name of the injected container.
 pub const SIDECAR_NAME: &str = "oomsnap";
@@ -48,31 +44,35 @@ pub const SPOOL_DIR: &str = "/var/lib/oomsnap";
 pub const DEFAULT_UID: i64 = 65532;
 /// The sidecar's admin port (`OOMSNAP_ADMIN_ADDR` default).
 pub const ADMIN_PORT: u16 = 9186;
-/// Default pprof path when only a port is annotated.
-pub const DEFAULT_PPROF_PATH: &str = "/debug/pprof";
+
+/// What happened to one pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Injected,
+    Skipped,
+    LeftAlone,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::Skipped => "skipped",
+            Outcome::LeftAlone => "left alone",
+        }
+    }
+}
 
 /// What to do with one pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    pub outcome: Outcome,
+    /// Why, in words: logged with every decision.
+    pub reason: String,
     /// JSONPatch operations; `None` means "leave the pod as it is".
     pub patch: Option<Vec<Value>>,
     /// Short sentences for the AdmissionReview `warnings` (kubectl shows them).
     pub warnings: Vec<String>,
-}
-
-impl Plan {
-    fn skip() -> Self {
-        Plan {
-            patch: None,
-            warnings: Vec::new(),
-        }
-    }
-    fn skip_with(warning: String) -> Self {
-        Plan {
-            patch: None,
-            warnings: vec![warning],
-        }
-    }
 }
 
 /// Escapes one JSON Pointer reference token (RFC 6901): `~` then `/`.
@@ -80,99 +80,75 @@ pub fn escape_pointer(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
-fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
-    pod.pointer("/metadata/annotations")
-        .and_then(|a| a.get(key))
-        .and_then(Value::as_str)
-}
-
-/// Whether the pod asked for the sidecar: the annotation, or a label of the
-/// same name (a webhook `objectSelector` can only match labels, so the
-/// shipped webhook configuration selects on the label).
-pub fn opted_in(pod: &Value) -> bool {
-    let label = pod
-        .pointer("/metadata/labels")
-        .and_then(|l| l.get(ANNOTATION_INJECT))
-        .and_then(Value::as_str);
-    annotation(pod, ANNOTATION_INJECT)
-        .or(label)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-}
-
-/// Whether the pod was already patched.
-pub fn already_injected(pod: &Value) -> bool {
-    annotation(pod, ANNOTATION_STATUS).is_some_and(|v| v.trim() == STATUS_INJECTED)
-}
-
-fn names(list: Option<&Value>) -> Vec<&str> {
-    list.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.get("name").and_then(Value::as_str))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Builds the patch for one pod.
-pub fn plan(pod: &Value, settings: &InjectSettings) -> Plan {
-    if !opted_in(pod) || already_injected(pod) {
-        return Plan::skip();
-    }
-    let Some(spec) = pod.get("spec").and_then(Value::as_object) else {
-        return Plan::skip_with("oomsnap: the pod has no spec; not injected".into());
-    };
-    let containers = spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if containers.is_empty() {
-        return Plan::skip_with("oomsnap: the pod has no containers; not injected".into());
-    }
-
-    // Which container to watch.
-    let target = match annotation(pod, ANNOTATION_CONTAINER) {
-        Some(wanted) => match containers
-            .iter()
-            .find(|c| c.get("name").and_then(Value::as_str) == Some(wanted.trim()))
-        {
-            Some(c) => c,
-            None => {
-                return Plan::skip_with(format!(
-                    "oomsnap: {ANNOTATION_CONTAINER}={wanted:?} names no container of this pod; not injected"
-                ))
-            }
+/// Builds the plan for one pod.
+pub fn plan(pod: &Pod<'_>, scope: Scope, settings: &InjectSettings) -> Plan {
+    match decide(pod, scope) {
+        Decision::LeaveAlone(reason) => Plan {
+            outcome: Outcome::LeftAlone,
+            reason,
+            patch: None,
+            warnings: Vec::new(),
         },
-        None => &containers[0],
-    };
-    let target_name = target
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-
-    // Someone added the sidecar by hand: do not add a second one.
-    let all_containers: Vec<&str> = names(spec.get("containers"))
-        .into_iter()
-        .chain(names(spec.get("initContainers")))
-        .collect();
-    if all_containers.contains(&SIDECAR_NAME) {
-        return Plan::skip_with(format!(
-            "oomsnap: the pod already has a container named {SIDECAR_NAME:?}; not injected"
-        ));
+        Decision::Skip(reason) => {
+            let status = format!("{STATUS_SKIPPED}{reason}");
+            Plan {
+                outcome: Outcome::Skipped,
+                patch: pod
+                    .metadata
+                    .get()
+                    .map(|meta| vec![status_op(meta, &status)]),
+                warnings: vec![format!("oomsnap: not injected: {reason}")],
+                reason,
+            }
+        }
+        Decision::Inject(injection) => match (pod.metadata.get(), pod.spec.get()) {
+            (Some(meta), Some(spec)) => Plan {
+                outcome: Outcome::Injected,
+                patch: Some(inject_ops(meta, spec, &injection, settings)),
+                warnings: injection
+                    .warnings
+                    .iter()
+                    .map(|w| format!("oomsnap: {w}"))
+                    .collect(),
+                reason: injection.why,
+            },
+            _ => unreachable_plan(),
+        },
     }
-    let volumes = names(spec.get("volumes"));
-    if let Some(v) = [PODINFO_VOLUME, SPOOL_VOLUME]
-        .into_iter()
-        .find(|v| volumes.contains(v))
-    {
-        return Plan::skip_with(format!(
-            "oomsnap: the pod already has a volume named {v:?}; not injected"
-        ));
-    }
+}
 
-    let mut warnings = Vec::new();
+/// `decide` only injects a pod with metadata and a spec; kept total anyway.
+fn unreachable_plan() -> Plan {
+    Plan {
+        outcome: Outcome::LeftAlone,
+        reason: "the pod has no metadata or spec".into(),
+        patch: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// Sets `oomsnap.dev/status`; `add` replaces an existing value.
+fn status_op(meta: &Metadata<'_>, value: &str) -> Value {
+    if meta.annotations.present {
+        json!({
+            "op": "add",
+            "path": format!("/metadata/annotations/{}", escape_pointer(ANNOTATION_STATUS)),
+            "value": value,
+        })
+    } else {
+        let mut m = Map::new();
+        m.insert(ANNOTATION_STATUS.into(), json!(value));
+        json!({"op": "add", "path": "/metadata/annotations", "value": m})
+    }
+}
+
+fn inject_ops(
+    meta: &Metadata<'_>,
+    spec: &Spec<'_>,
+    injection: &Injection<'_>,
+    settings: &InjectSettings,
+) -> Vec<Value> {
+    let target_name = &injection.container_name;
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -180,59 +156,30 @@ pub fn plan(pod: &Value, settings: &InjectSettings) -> Plan {
         field_env("NODE_NAME", "spec.nodeName"),
         json!({"name": "OOMSNAP_CONTAINER", "value": target_name}),
     ];
-
-    // The app's memory limit, for the RSS fallback. A resourceFieldRef to an
-    // unset limit resolves to the node's allocatable memory, which would make
-    // the sidecar trigger against a number the kernel never enforces; so only
-    // reference a limit that exists.
-    let has_limit = target
-        .pointer("/resources/limits/memory")
-        .is_some_and(|v| !v.is_null());
-    if has_limit {
-        env.push(json!({
+    env.push(match &injection.memory_limit {
+        // Only ever a limit that exists and is above zero: a
+        // resourceFieldRef to an unset (or zero) limit resolves to the
+        // node's allocatable memory, which the kernel never enforces here.
+        MemoryLimit::FieldRef => json!({
             "name": "OOMSNAP_MEMORY_LIMIT",
             "valueFrom": {"resourceFieldRef": {
                 "containerName": target_name,
                 "resource": "limits.memory",
             }}
-        }));
-    } else {
-        match annotation(pod, ANNOTATION_MEMORY_LIMIT) {
-            Some(v) if crate::config::parse_size(v).is_ok() => {
-                env.push(json!({"name": "OOMSNAP_MEMORY_LIMIT", "value": v.trim()}));
-                warnings.push(format!(
-                    "oomsnap: container {target_name:?} has no memory limit; using {ANNOTATION_MEMORY_LIMIT}={v}"
-                ));
-            }
-            Some(v) => warnings.push(format!(
-                "oomsnap: container {target_name:?} has no memory limit and {ANNOTATION_MEMORY_LIMIT}={v:?} is not a size"
-            )),
-            None => warnings.push(format!(
-                "oomsnap: container {target_name:?} has no memory limit; set one or annotate {ANNOTATION_MEMORY_LIMIT}"
-            )),
-        }
-    }
-
-    // Port and path annotations become OOMSNAP_TARGET, so the sidecar's
-    // locate step can find the process by its listening port from the start.
-    // (The annotations themselves also reach it through the Downward API.)
-    if let Some(port) = annotation(pod, ANNOTATION_PORT) {
-        let path = annotation(pod, ANNOTATION_PATH)
-            .unwrap_or(DEFAULT_PPROF_PATH)
-            .trim();
-        match port.trim().parse::<u16>() {
-            Ok(p) if p > 0 && path.starts_with('/') && !path.contains(char::is_whitespace) => {
-                env.push(json!({"name": "OOMSNAP_TARGET", "value": format!("http://127.0.0.1:{p}{path}")}));
-            }
-            _ => warnings.push(format!(
-                "oomsnap: ignored {ANNOTATION_PORT}={port:?}/{ANNOTATION_PATH}={path:?}; want a port and a /path"
-            )),
-        }
+        }),
+        MemoryLimit::Value(v) => json!({"name": "OOMSNAP_MEMORY_LIMIT", "value": v}),
+    });
+    // Becomes the port the sidecar's locate step finds the process by, from
+    // the start. (The annotations also reach it live, by the Downward API.)
+    if let Some(target) = &injection.target {
+        env.push(json!({"name": "OOMSNAP_TARGET", "value": target}));
     }
     if let Some(store) = &settings.store {
         env.push(json!({"name": "OOMSNAP_STORE", "value": store}));
     }
 
+    // No probes: a NotReady sidecar makes the pod NotReady, and `oomsnap
+    // run` reports its faults on /status and in metrics instead.
     let mut container = json!({
         "name": SIDECAR_NAME,
         "image": settings.image,
@@ -248,7 +195,11 @@ pub fn plan(pod: &Value, settings: &InjectSettings) -> Plan {
             {"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": true},
             {"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR},
         ],
-        "securityContext": security_context(spec, target, settings.sys_ptrace),
+        "securityContext": security_context(
+            spec.security_context.get(),
+            injection.container.security_context.get(),
+            settings.sys_ptrace,
+        ),
     });
     if let Some(secret) = &settings.env_from_secret {
         // Optional: a missing Secret must not stop the app's pod from
@@ -259,13 +210,23 @@ pub fn plan(pod: &Value, settings: &InjectSettings) -> Plan {
     let mut ops = Vec::new();
     if settings.native_sidecar {
         container["restartPolicy"] = json!("Always");
-        append(&mut ops, spec, "initContainers", container);
+        append(
+            &mut ops,
+            spec.init_containers.is_array(),
+            "initContainers",
+            container,
+        );
     } else {
-        append(&mut ops, spec, "containers", container);
+        append(
+            &mut ops,
+            spec.containers.is_array(),
+            "containers",
+            container,
+        );
     }
     append(
         &mut ops,
-        spec,
+        spec.volumes.is_array(),
         "volumes",
         json!({"name": PODINFO_VOLUME, "downwardAPI": {"items": [
             {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
@@ -276,36 +237,18 @@ pub fn plan(pod: &Value, settings: &InjectSettings) -> Plan {
     // the sidecar's restarts, which an emptyDir does.
     append(
         &mut ops,
-        spec,
+        spec.volumes.is_array(),
         "volumes",
         json!({"name": SPOOL_VOLUME, "emptyDir": {}}),
     );
 
     // hostPID and shareProcessNamespace may not both be set; with hostPID the
     // app's processes are visible anyway.
-    if spec.get("hostPID").and_then(Value::as_bool) != Some(true) {
+    if spec.host_pid.0 != Some(true) {
         ops.push(json!({"op": "add", "path": "/spec/shareProcessNamespace", "value": true}));
     }
-
-    if pod
-        .pointer("/metadata/annotations")
-        .is_some_and(Value::is_object)
-    {
-        ops.push(json!({
-            "op": "add",
-            "path": format!("/metadata/annotations/{}", escape_pointer(ANNOTATION_STATUS)),
-            "value": STATUS_INJECTED,
-        }));
-    } else {
-        let mut m = Map::new();
-        m.insert(ANNOTATION_STATUS.into(), json!(STATUS_INJECTED));
-        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": m}));
-    }
-
-    Plan {
-        patch: Some(ops),
-        warnings,
-    }
+    ops.push(status_op(meta, STATUS_INJECTED));
+    ops
 }
 
 fn field_env(name: &str, path: &str) -> Value {
@@ -313,8 +256,7 @@ fn field_env(name: &str, path: &str) -> Value {
 }
 
 /// Appends `value` to `spec.<field>`, creating the array when it is absent.
-fn append(ops: &mut Vec<Value>, spec: &Map<String, Value>, field: &str, value: Value) {
-    let exists = spec.get(field).is_some_and(Value::is_array);
+fn append(ops: &mut Vec<Value>, exists: bool, field: &str, value: Value) {
     // A second append in the same patch sees the array the first one made.
     let made_here = ops.iter().any(|op| op["path"] == format!("/spec/{field}"));
     if exists || made_here {
@@ -329,18 +271,12 @@ fn append(ops: &mut Vec<Value>, spec: &Map<String, Value>, field: &str, value: V
 /// are: reading `/proc/<pid>/root` of the app is then allowed without
 /// `SYS_PTRACE` (the kernel's ptrace access check passes for a process with
 /// the same real, effective and saved IDs).
-fn security_context(spec: &Map<String, Value>, target: &Value, sys_ptrace: bool) -> Value {
-    let id = |field: &str| -> Option<i64> {
-        target
-            .pointer(&format!("/securityContext/{field}"))
-            .and_then(Value::as_i64)
-            .or_else(|| {
-                spec.get("securityContext")
-                    .and_then(|s| s.get(field))
-                    .and_then(Value::as_i64)
-            })
-    };
-    let uid = id("runAsUser").filter(|u| *u != 0).unwrap_or(DEFAULT_UID);
+fn security_context(pod: Option<&Ids>, container: Option<&Ids>, sys_ptrace: bool) -> Value {
+    let id =
+        |field: fn(&Ids) -> Option<i64>| container.and_then(field).or_else(|| pod.and_then(field));
+    let uid = id(|i| i.run_as_user.0)
+        .filter(|u| *u > 0)
+        .unwrap_or(DEFAULT_UID);
     let mut sc = json!({
         "runAsNonRoot": true,
         "runAsUser": uid,
@@ -349,7 +285,7 @@ fn security_context(spec: &Map<String, Value>, target: &Value, sys_ptrace: bool)
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     });
-    if let Some(gid) = id("runAsGroup").filter(|g| *g != 0) {
+    if let Some(gid) = id(|i| i.run_as_group.0).filter(|g| *g > 0) {
         sc["runAsGroup"] = json!(gid);
     }
     if sys_ptrace {
@@ -361,6 +297,13 @@ fn security_context(spec: &Map<String, Value>, target: &Value, sys_ptrace: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plans a pod given as JSON, through the same view the server parses.
+    fn run(pod: &Value, s: &InjectSettings) -> Plan {
+        let text = pod.to_string();
+        let view: Pod = serde_json::from_str(&text).unwrap();
+        plan(&view, Scope::Pod, s)
+    }
 
     fn pod(annotations: Value, spec: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod",
@@ -386,6 +329,10 @@ mod tests {
             .unwrap_or_else(|| panic!("no op at {path}: {:#?}", p.patch))
     }
 
+    fn sidecar(p: &Plan) -> &Value {
+        &op_at(p, "/spec/initContainers")["value"][0]
+    }
+
     fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
         container["env"]
             .as_array()
@@ -394,27 +341,41 @@ mod tests {
             .find(|e| e["name"] == name)
     }
 
+    /// A skipped pod gets only its status, with the reason.
+    fn assert_skipped(p: &Plan, reason: &str) {
+        assert_eq!(p.outcome, Outcome::Skipped, "{p:#?}");
+        assert_eq!(ops(p).len(), 1, "{p:#?}");
+        let status = op_at(p, "/metadata/annotations/oomsnap.dev~1status")["value"]
+            .as_str()
+            .unwrap();
+        assert_eq!(status, format!("skipped: {reason}"));
+        assert_eq!(p.reason, reason);
+        assert!(p.warnings[0].contains(reason), "{:?}", p.warnings);
+    }
+
     #[test]
     fn pods_without_the_opt_in_are_left_alone() {
         let s = InjectSettings::default();
-        assert_eq!(
-            plan(&pod(json!({}), json!({"containers": [app()]})), &s),
-            Plan::skip()
-        );
-        let no = pod(
-            json!({"oomsnap.dev/inject": "false"}),
-            json!({"containers": [app()]}),
-        );
-        assert_eq!(plan(&no, &s), Plan::skip());
-        let bare = json!({"metadata": {}, "spec": {"containers": [app()]}});
-        assert_eq!(plan(&bare, &s), Plan::skip());
+        for p in [
+            pod(json!({}), json!({"containers": [app()]})),
+            pod(
+                json!({"oomsnap.dev/inject": "false"}),
+                json!({"containers": [app()]}),
+            ),
+            json!({"metadata": {}, "spec": {"containers": [app()]}}),
+        ] {
+            let plan = run(&p, &s);
+            assert_eq!(plan.outcome, Outcome::LeftAlone);
+            assert_eq!(plan.patch, None);
+            assert!(plan.warnings.is_empty());
+        }
     }
 
     #[test]
     fn the_opt_in_label_works_like_the_annotation() {
         let p = json!({"metadata": {"labels": {"oomsnap.dev/inject": "true"}},
                        "spec": {"containers": [app()]}});
-        let plan = plan(&p, &InjectSettings::default());
+        let plan = run(&p, &InjectSettings::default());
         // No annotations object yet: it is added whole.
         assert_eq!(
             op_at(&plan, "/metadata/annotations")["value"],
@@ -428,13 +389,14 @@ mod tests {
             json!({"oomsnap.dev/inject": "true", "oomsnap.dev/status": "injected"}),
             json!({"containers": [app()]}),
         );
-        assert_eq!(plan(&p, &InjectSettings::default()), Plan::skip());
+        let plan = run(&p, &InjectSettings::default());
+        assert_eq!((plan.outcome, plan.patch), (Outcome::LeftAlone, None));
     }
 
     #[test]
     fn missing_arrays_are_added_whole_and_existing_ones_appended_to() {
         let s = InjectSettings::default();
-        let p = plan(&pod(opted(), json!({"containers": [app()]})), &s);
+        let p = run(&pod(opted(), json!({"containers": [app()]})), &s);
         assert!(op_at(&p, "/spec/initContainers")["value"].is_array());
         assert!(op_at(&p, "/spec/volumes")["value"].is_array());
         op_at(&p, "/spec/volumes/-"); // the second volume appends to the first
@@ -444,7 +406,7 @@ mod tests {
             json!({"containers": [app()], "initContainers": [{"name": "init", "image": "i"}],
                    "volumes": [{"name": "v", "emptyDir": {}}]}),
         );
-        let p = plan(&with, &s);
+        let p = run(&with, &s);
         assert_eq!(
             op_at(&p, "/spec/initContainers/-")["value"]["restartPolicy"],
             "Always"
@@ -458,10 +420,11 @@ mod tests {
 
     #[test]
     fn status_annotation_key_escapes_the_slash() {
-        let p = plan(
+        let p = run(
             &pod(opted(), json!({"containers": [app()]})),
             &InjectSettings::default(),
         );
+        assert_eq!(p.outcome, Outcome::Injected);
         assert_eq!(
             op_at(&p, "/metadata/annotations/oomsnap.dev~1status")["value"],
             "injected"
@@ -475,7 +438,7 @@ mod tests {
             native_sidecar: false,
             ..InjectSettings::default()
         };
-        let p = plan(&pod(opted(), json!({"containers": [app()]})), &s);
+        let p = run(&pod(opted(), json!({"containers": [app()]})), &s);
         let c = &op_at(&p, "/spec/containers/-")["value"];
         assert_eq!(c["name"], SIDECAR_NAME);
         assert!(c.get("restartPolicy").is_none());
@@ -486,7 +449,7 @@ mod tests {
     fn memory_limit_comes_from_the_named_container() {
         let two = json!({"containers": [
             {"name": "proxy", "image": "p", "resources": {"limits": {"memory": "64Mi"}}}, app()]});
-        let p = plan(
+        let p = run(
             &pod(
                 json!({"oomsnap.dev/inject": "true", "oomsnap.dev/container": "app"}),
                 two,
@@ -494,7 +457,7 @@ mod tests {
             &InjectSettings::default(),
         );
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-        let c = &op_at(&p, "/spec/initContainers")["value"][0];
+        let c = sidecar(&p);
         let limit = env(c, "OOMSNAP_MEMORY_LIMIT").unwrap();
         assert_eq!(
             limit["valueFrom"]["resourceFieldRef"]["containerName"],
@@ -508,70 +471,81 @@ mod tests {
     }
 
     #[test]
-    fn no_memory_limit_injects_without_the_field_ref_and_warns() {
-        let p = plan(
+    fn no_memory_limit_is_not_injected_and_the_pod_says_why() {
+        let p = run(
             &pod(
                 opted(),
                 json!({"containers": [{"name": "app", "image": "a"}]}),
             ),
             &InjectSettings::default(),
         );
-        let c = &op_at(&p, "/spec/initContainers")["value"][0];
-        assert!(env(c, "OOMSNAP_MEMORY_LIMIT").is_none());
-        assert_eq!(p.warnings.len(), 1);
-        assert!(
-            p.warnings[0].contains("no memory limit"),
-            "{:?}",
-            p.warnings
+        assert_skipped(
+            &p,
+            "no memory limit (set resources.limits.memory or oomsnap.dev/memory-limit)",
         );
+        // No annotations object: the status is added with it.
+        let bare = json!({"metadata": {"labels": {"oomsnap.dev/inject": "true"}},
+                          "spec": {"containers": [{"name": "app", "image": "a"}]}});
+        let p = run(&bare, &InjectSettings::default());
+        assert_eq!(p.outcome, Outcome::Skipped);
         assert!(
-            p.warnings[0].len() <= 120,
-            "kubectl truncates long warnings"
+            op_at(&p, "/metadata/annotations")["value"]["oomsnap.dev/status"]
+                .as_str()
+                .unwrap()
+                .starts_with("skipped: no memory limit")
         );
     }
 
     #[test]
     fn memory_limit_annotation_fills_in_for_a_missing_limit() {
-        let p = plan(
+        let p = run(
             &pod(
-                json!({"oomsnap.dev/inject": "true", "oomsnap.dev/memory-limit": "512Mi"}),
+                json!({"oomsnap.dev/inject": "true", "oomsnap.dev/memory-limit": " 512Mi "}),
                 json!({"containers": [{"name": "app", "image": "a"}]}),
             ),
             &InjectSettings::default(),
         );
-        let c = &op_at(&p, "/spec/initContainers")["value"][0];
-        assert_eq!(env(c, "OOMSNAP_MEMORY_LIMIT").unwrap()["value"], "512Mi");
+        assert_eq!(
+            env(sidecar(&p), "OOMSNAP_MEMORY_LIMIT").unwrap()["value"],
+            "512Mi"
+        );
     }
 
     #[test]
-    fn unknown_target_container_is_not_injected() {
-        let p = plan(
+    fn unknown_target_container_is_skipped() {
+        let p = run(
             &pod(
                 json!({"oomsnap.dev/inject": "true", "oomsnap.dev/container": "nope"}),
                 json!({"containers": [app()]}),
             ),
             &InjectSettings::default(),
         );
-        assert!(p.patch.is_none());
-        assert!(p.warnings[0].contains("nope"));
+        assert_skipped(&p, "oomsnap.dev/container=\"nope\" names no container");
     }
 
     #[test]
     fn hand_added_sidecar_is_not_duplicated() {
-        let p = plan(
+        let p = run(
             &pod(
                 opted(),
                 json!({"containers": [app(), {"name": "oomsnap", "image": "o"}]}),
             ),
             &InjectSettings::default(),
         );
-        assert!(p.patch.is_none());
-        assert_eq!(p.warnings.len(), 1);
+        assert_skipped(&p, "the pod already has a container named \"oomsnap\"");
+        let p = run(
+            &pod(
+                opted(),
+                json!({"containers": [app()], "volumes": [{"name": "oomsnap-spool"}]}),
+            ),
+            &InjectSettings::default(),
+        );
+        assert_skipped(&p, "the pod already has a volume named \"oomsnap-spool\"");
     }
 
     #[test]
     fn port_and_path_annotations_become_the_target() {
-        let p = plan(
+        let p = run(
             &pod(
                 json!({"oomsnap.dev/inject": "true", "oomsnap.dev/port": "8080",
                        "oomsnap.dev/path": "/internal/pprof"}),
@@ -579,21 +553,19 @@ mod tests {
             ),
             &InjectSettings::default(),
         );
-        let c = &op_at(&p, "/spec/initContainers")["value"][0];
         assert_eq!(
-            env(c, "OOMSNAP_TARGET").unwrap()["value"],
+            env(sidecar(&p), "OOMSNAP_TARGET").unwrap()["value"],
             "http://127.0.0.1:8080/internal/pprof"
         );
 
-        let bad = plan(
+        let bad = run(
             &pod(
                 json!({"oomsnap.dev/inject": "true", "oomsnap.dev/port": "http"}),
                 json!({"containers": [app()]}),
             ),
             &InjectSettings::default(),
         );
-        let c = &op_at(&bad, "/spec/initContainers")["value"][0];
-        assert!(env(c, "OOMSNAP_TARGET").is_none());
+        assert!(env(sidecar(&bad), "OOMSNAP_TARGET").is_none());
         assert_eq!(bad.warnings.len(), 1);
     }
 
@@ -601,8 +573,8 @@ mod tests {
     fn sidecar_takes_the_apps_uid_and_drops_everything() {
         let spec = json!({"securityContext": {"runAsUser": 1000, "runAsGroup": 3000},
                           "containers": [app()]});
-        let p = plan(&pod(opted(), spec), &InjectSettings::default());
-        let sc = &op_at(&p, "/spec/initContainers")["value"][0]["securityContext"];
+        let p = run(&pod(opted(), spec), &InjectSettings::default());
+        let sc = &sidecar(&p)["securityContext"];
         assert_eq!(sc["runAsUser"], 1000);
         assert_eq!(sc["runAsGroup"], 3000);
         assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -612,24 +584,24 @@ mod tests {
             sys_ptrace: true,
             ..InjectSettings::default()
         };
-        let root_app = json!({"containers": [{"name": "app", "image": "a",
-                              "securityContext": {"runAsUser": 0}}]});
-        let p = plan(&pod(opted(), root_app), &s);
-        let sc = &op_at(&p, "/spec/initContainers")["value"][0]["securityContext"];
+        let mut root_app = app();
+        root_app["securityContext"] = json!({"runAsUser": 0});
+        let p = run(&pod(opted(), json!({"containers": [root_app]})), &s);
+        let sc = &sidecar(&p)["securityContext"];
         assert_eq!(sc["runAsUser"], DEFAULT_UID);
         assert_eq!(sc["capabilities"]["add"], json!(["SYS_PTRACE"]));
     }
 
     #[test]
-    fn settings_reach_the_container() {
+    fn settings_reach_the_container_and_it_has_no_probes() {
         let s = InjectSettings {
             image: "registry.local/oomsnap:dev".into(),
             store: Some("s3://bucket/prefix".into()),
             env_from_secret: Some("oomsnap-store".into()),
             ..InjectSettings::default()
         };
-        let p = plan(&pod(opted(), json!({"containers": [app()]})), &s);
-        let c = &op_at(&p, "/spec/initContainers")["value"][0];
+        let p = run(&pod(opted(), json!({"containers": [app()]})), &s);
+        let c = sidecar(&p);
         assert_eq!(c["image"], "registry.local/oomsnap:dev");
         assert_eq!(
             env(c, "OOMSNAP_STORE").unwrap()["value"],
@@ -638,11 +610,14 @@ mod tests {
         assert_eq!(c["envFrom"][0]["secretRef"]["name"], "oomsnap-store");
         assert_eq!(c["resources"]["limits"]["memory"], "32Mi");
         assert_eq!(op_at(&p, "/spec/shareProcessNamespace")["value"], true);
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            assert!(c.get(probe).is_none(), "{probe}");
+        }
     }
 
     #[test]
     fn host_pid_pods_do_not_get_share_process_namespace() {
-        let p = plan(
+        let p = run(
             &pod(opted(), json!({"hostPID": true, "containers": [app()]})),
             &InjectSettings::default(),
         );

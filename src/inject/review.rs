@@ -1,49 +1,20 @@
-//! The few AdmissionReview v1 shapes the injector reads and writes.
+//! The AdmissionReview v1 envelope: a request body in, a response out.
 //!
-//! Small hand-written serde types instead of `kube-core`'s: its
-//! `AdmissionResponse.patch` serialises as an array of numbers rather than the
-//! base64 string the API server expects (kube-rs/kube#1781), and the pod
-//! itself stays a `serde_json::Value` so no 10 MB of generated API types are
-//! compiled for the handful of fields we touch.
+//! The request is read through the borrowed, lenient view in [`super::pod`]
+//! (parsed once, nothing the injector does not read is built); the response
+//! is a small hand-written serde type. Not `kube-core`'s types: its
+//! `AdmissionResponse.patch` serialises as an array of numbers rather than
+//! the base64 string the API server expects (kube-rs/kube#1781), and its pod
+//! would be a full `serde_json::Value` tree.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use super::pod::{Request, Review};
 
 /// `apiVersion` of every review this webhook speaks.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// `kind` of every review.
 pub const KIND: &str = "AdmissionReview";
-
-/// The group/version/kind of the object under review.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupVersionKind {
-    #[serde(default)]
-    pub group: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub kind: String,
-}
-
-/// The `request` half of an AdmissionReview: only the fields we use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionRequest {
-    /// Echoed in the response; the API server matches on it.
-    pub uid: String,
-    #[serde(default)]
-    pub kind: GroupVersionKind,
-    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
-    #[serde(default)]
-    pub operation: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// The pod as it would be stored (for `CREATE`).
-    #[serde(default)]
-    pub object: Option<Value>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
-}
 
 /// The `response` half of an AdmissionReview.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,14 +33,12 @@ pub struct AdmissionResponse {
     pub warnings: Vec<String>,
 }
 
-/// A whole AdmissionReview, as received or as answered.
+/// An AdmissionReview as answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionReview {
     pub api_version: String,
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<AdmissionRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<AdmissionResponse>,
 }
@@ -80,29 +49,30 @@ impl AdmissionReview {
         AdmissionReview {
             api_version: API_VERSION.to_string(),
             kind: KIND.to_string(),
-            request: None,
             response: Some(response),
         }
     }
+}
 
-    /// Parses a request body and checks it is an `admission.k8s.io/v1`
-    /// AdmissionReview with a request and a uid. Anything else is a
-    /// [`ReviewError`] with a sentence saying what was wrong.
-    pub fn parse_request(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
-        let review: AdmissionReview =
-            serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
-        if review.kind != KIND || review.api_version != API_VERSION {
-            return Err(ReviewError::WrongType {
-                api_version: review.api_version,
-                kind: review.kind,
-            });
-        }
-        let request = review.request.ok_or(ReviewError::NoRequest)?;
-        if request.uid.trim().is_empty() {
-            return Err(ReviewError::NoUid);
-        }
-        Ok(request)
+/// Parses a request body once and checks it is an `admission.k8s.io/v1`
+/// AdmissionReview with a request and a uid. Anything else is a
+/// [`ReviewError`] with a sentence saying what was wrong.
+pub fn parse_request(body: &[u8]) -> Result<Request<'_>, ReviewError> {
+    let review: Review =
+        serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    let api_version = review.api_version.get().unwrap_or_default();
+    let kind = review.kind.get().unwrap_or_default();
+    if kind != KIND || api_version != API_VERSION {
+        return Err(ReviewError::WrongType {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        });
     }
+    let request = review.request.0.ok_or(ReviewError::NoRequest)?;
+    if request.uid.get().is_none_or(|u| u.trim().is_empty()) {
+        return Err(ReviewError::NoUid);
+    }
+    Ok(request)
 }
 
 /// Why a request body is not a review we can answer.

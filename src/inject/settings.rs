@@ -6,7 +6,8 @@
 //! crate's [`Vars`] trait so tests hand in a map, and every bad variable is
 //! reported at once, like the sidecar's own configuration.
 
-use crate::config::{parse_bool, parse_size, ConfigError, ConfigErrors, Vars};
+use super::quantity;
+use crate::config::{parse_bool, ConfigError, ConfigErrors, Vars};
 
 /// Image of the injected sidecar. Default `ghcr.io/oomsnap/oomsnap:<version>`.
 pub const IMAGE: &str = "OOMSNAP_INJECT_IMAGE";
@@ -120,22 +121,26 @@ impl InjectSettings {
             (MEMORY_LIMIT, &mut s.memory_limit),
         ] {
             if let Some(v) = vars.get(var) {
-                if is_quantity(v.trim()) {
-                    *slot = v.trim().into();
-                } else {
-                    bad(
+                match quantity::parse(&v) {
+                    Ok(q) if var == MEMORY_LIMIT && q.is_zero() => {
+                        bad(var, &v, "a memory limit above zero, such as 32Mi")
+                    }
+                    Ok(_) => *slot = v.trim().into(),
+                    Err(why) => bad(
                         var,
                         &v,
-                        "a Kubernetes quantity such as 10m, 16Mi or 0.5 (no \"MiB\": Kubernetes writes Mi)",
-                    );
+                        &format!("a Kubernetes quantity such as 10m, 16Mi or 0.5 ({why})"),
+                    ),
                 }
             }
         }
+        // The one quantity parser read both (each slot holds a value it
+        // accepted, or the default), so this check is never skipped.
         if let (Ok(req), Ok(lim)) = (
-            quantity_bytes(&s.memory_request),
-            quantity_bytes(&s.memory_limit),
+            quantity::parse(&s.memory_request),
+            quantity::parse(&s.memory_limit),
         ) {
-            if req > lim {
+            if req.ceil() > lim.ceil() {
                 bad(
                     MEMORY_REQUEST,
                     &s.memory_request,
@@ -193,36 +198,6 @@ impl InjectSettings {
             Err(ConfigErrors(errors))
         }
     }
-}
-
-/// A Kubernetes resource quantity: a decimal number with an optional binary
-/// (`Ki`…`Ei`), decimal (`m`, `k`, `M`…`E`) or exponent (`e3`) suffix.
-pub fn is_quantity(v: &str) -> bool {
-    let v = v.strip_prefix(['+', '-']).unwrap_or(v);
-    let end = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let (num, suffix) = v.split_at(end);
-    let digits_ok = !num.is_empty()
-        && num != "."
-        && num.matches('.').count() <= 1
-        && num.chars().any(|c| c.is_ascii_digit());
-    let suffix_ok = matches!(
-        suffix,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || ((suffix.starts_with('e') || suffix.starts_with('E'))
-        && suffix.len() > 1
-        && suffix[1..]
-            .strip_prefix(['+', '-'])
-            .unwrap_or(&suffix[1..])
-            .chars()
-            .all(|c| c.is_ascii_digit()));
-    digits_ok && suffix_ok
-}
-
-/// Bytes of a memory quantity, through the crate's size parser.
-fn quantity_bytes(v: &str) -> Result<u64, String> {
-    parse_size(v)
 }
 
 /// An RFC 1123 subdomain, the form of most Kubernetes object names.
@@ -305,12 +280,24 @@ mod tests {
     }
 
     #[test]
-    fn quantities_follow_kubernetes_forms() {
-        for ok in ["10m", "16Mi", "0.5", "1", "1e3", "1.5Gi", "100k"] {
-            assert!(is_quantity(ok), "{ok}");
-        }
-        for bad in ["", "Mi", "16MiB", "1..2", "ten", "1e", "."] {
-            assert!(!is_quantity(bad), "{bad}");
-        }
+    fn the_request_limit_check_reads_every_kubernetes_form() {
+        // 1e9 bytes of request against a 512Mi limit: refused, not skipped.
+        let err =
+            InjectSettings::from_vars(&vars(&[(MEMORY_REQUEST, "1e9"), (MEMORY_LIMIT, "512Mi")]))
+                .unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].var, MEMORY_REQUEST);
+        let s = InjectSettings::from_vars(&vars(&[
+            (MEMORY_REQUEST, "16e6"),
+            (MEMORY_LIMIT, "0.03Gi"),
+            (CPU_REQUEST, "1e-2"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (s.memory_request.as_str(), s.cpu_request.as_str()),
+            ("16e6", "1e-2")
+        );
+        let err = InjectSettings::from_vars(&vars(&[(MEMORY_LIMIT, "0")])).unwrap_err();
+        assert!(err.to_string().contains("above zero"), "{err}");
     }
 }
