@@ -333,7 +333,10 @@ mod tests {
         let env = std::collections::BTreeMap::<String, String>::new();
         let err = Store::open_read_only(&url, &env).unwrap_err();
         assert!(matches!(&err, StoreError::Missing { path } if *path == missing));
-        assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
         assert!(!dir.path().join("typo").exists(), "nothing may be created");
 
         let file = dir.path().join("plain-file");
