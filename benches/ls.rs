@@ -1,13 +1,17 @@
 //! `oomsnap ls` on an object store with many captures, before and after.
 //!
 //! Puts 5 000 synthetic captures (a manifest and a small heap profile each,
-//! spread over the last week, about 30 an hour) straight into a real
+//! spread over the last week, about 30 an hour, none between 40 and 100
+//! minutes ago) straight into a real
 //! SeaweedFS on loopback, then times, with the new binary and the old one
 //! side by side in the same run:
 //!
 //! - `ls` of the whole store (every manifest is read),
 //! - `ls --since 1h` (the new one filters on the keys before reading),
-//! - `get <bare id>` (the old one read every manifest to find it).
+//! - `get <bare id>` (the old one read every manifest to find it),
+//! - `ls --namespace ns-0` (500 captures) through a proxy that delays each
+//!   request by 10 ms, as a store across a network would: loopback answers
+//!   in well under a millisecond, where concurrency matters least.
 //!
 //! The old binary is given by `OOMSNAP_BENCH_OLD_BIN` (build commit e55cc57
 //! in release mode; see docs/benchmarks.md); without it only the new one is
@@ -19,6 +23,8 @@ mod cli_support;
 #[path = "../tests/common/mod.rs"]
 mod harness;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -52,11 +58,21 @@ fn load() -> String {
 fn captures(n: usize) -> Vec<Synthetic> {
     (0..n)
         .map(|i| {
-            let ago = Duration::from_secs(60 + (i as u64 * WEEK) / n as u64);
+            // No capture is taken between 40 and 100 minutes ago, so the
+            // set `--since 1h` selects stays the same while the bench runs.
+            let mut ago = 60 + (i as u64 * WEEK) / n as u64;
+            if ago >= 40 * 60 {
+                ago += 3600;
+            }
+            let ago = Duration::from_secs(ago);
             let mut c = Synthetic::new(
                 &format!("ns-{}", i % 10),
                 &format!("pod-{}", i % 50),
-                if i % 7 == 0 { "baseline" } else { "threshold-90" },
+                if i % 7 == 0 {
+                    "baseline"
+                } else {
+                    "threshold-90"
+                },
                 ago,
             );
             if i % 10 == 3 {
@@ -89,8 +105,19 @@ fn fill(s3: &harness::SeaweedFs, all: &[Synthetic]) -> Duration {
     t.elapsed()
 }
 
-/// One timed run; panics if the command fails. Returns (seconds, stdout lines).
-fn time(bin: &Path, args: &[String], env: &[(String, String)], cwd: &Path) -> (f64, usize) {
+/// CPU seconds (user + system) used by finished children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// One timed run; panics if the command fails. Returns (wall seconds, CPU
+/// seconds of the command, stdout lines).
+fn time(bin: &Path, args: &[String], env: &[(String, String)], cwd: &Path) -> (f64, f64, usize) {
+    let cpu = children_cpu();
     let t = Instant::now();
     let out = Command::new(bin)
         .args(args)
@@ -108,7 +135,49 @@ fn time(bin: &Path, args: &[String], env: &[(String, String)], cwd: &Path) -> (f
         bin.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    (secs, String::from_utf8_lossy(&out.stdout).lines().count())
+    (
+        secs,
+        children_cpu() - cpu,
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+    )
+}
+
+/// A loopback TCP proxy to `upstream` that holds each chunk the client
+/// sends for `delay` before passing it on: one request head is one chunk,
+/// so every request, on a new or a kept-alive connection, waits `delay`.
+fn latency_proxy(upstream: u16, delay: Duration) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let port = l.local_addr().expect("proxy address").port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut client) = conn else { continue };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    std::thread::sleep(delay);
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -120,6 +189,8 @@ struct Case {
     name: &'static str,
     old: Vec<String>,
     new: Vec<String>,
+    /// Through the latency proxy.
+    slow: bool,
 }
 
 fn main() {
@@ -144,6 +215,10 @@ fn main() {
     );
     let url = s3.store_url(PREFIX);
     let env = s3.env();
+    let proxy = latency_proxy(s3.s3_port(), Duration::from_millis(10));
+    let mut slow_env = env.clone();
+    slow_env.retain(|(k, _)| k != "AWS_ENDPOINT");
+    slow_env.push(("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{proxy}")));
     let probe = all[n / 2].id();
     let work = harness::temp_dir("bench-ls");
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -152,54 +227,72 @@ fn main() {
             name: "ls",
             old: s(&["ls", &url]),
             new: s(&["ls", "--store", &url]),
+            slow: false,
         },
         Case {
             name: "ls --since 1h",
             old: s(&["ls", &url, "--since", "1h"]),
             new: s(&["ls", "--store", &url, "--since", "1h"]),
+            slow: false,
         },
         Case {
             name: "get <bare id>",
             old: s(&["get", &probe, "--store", &url, "-o", "dl"]),
             new: s(&["get", &probe, "--store", &url, "--dir", "dl"]),
+            slow: false,
+        },
+        Case {
+            name: "ls --namespace ns-0, 10 ms per request",
+            old: s(&["ls", &url, "--namespace", "ns-0"]),
+            new: s(&["ls", "--store", &url, "--namespace", "ns-0"]),
+            slow: true,
         },
     ];
+    let in_ns0 = all.iter().filter(|c| c.namespace == "ns-0").count();
     let expected_recent = all
         .iter()
         .filter(|c| c.at.elapsed().is_ok_and(|a| a < Duration::from_secs(3600)))
         .count();
 
-    println!("| command | old (e55cc57) median s | new median s | old ÷ new |");
-    println!("|---|---:|---:|---:|");
+    println!("| command | old (e55cc57) median s | new median s | old ÷ new | CPU s old / new |");
+    println!("|---|---:|---:|---:|---:|");
     for case in &cases {
         let mut new_t = Vec::new();
         let mut old_t = Vec::new();
+        let mut new_cpu = Vec::new();
+        let mut old_cpu = Vec::new();
         for _ in 0..runs {
             // Alternate, so drift in the machine's load hits both alike.
-            let (t, lines) = time(&new_bin, &case.new, &env, work.path());
+            let env = if case.slow { &slow_env } else { &env };
+            let (t, cpu, lines) = time(&new_bin, &case.new, env, work.path());
             new_t.push(t);
+            new_cpu.push(cpu);
             match case.name {
                 "ls" => assert_eq!(lines, n + 1, "the new ls lost captures"),
                 "ls --since 1h" => assert_eq!(lines, expected_recent + 1),
+                _ if case.slow => assert_eq!(lines, in_ns0 + 1),
                 _ => {}
             }
             if let Some(old) = &old_bin {
-                let (t, lines) = time(old, &case.old, &env, work.path());
+                let (t, cpu, lines) = time(old, &case.old, env, work.path());
                 old_t.push(t);
+                old_cpu.push(cpu);
                 if case.name == "ls" {
                     assert_eq!(lines, n + 1, "the old ls lost captures");
                 }
             }
         }
         let new_m = median(new_t);
+        let new_c = median(new_cpu);
         match old_t.is_empty() {
-            true => println!("| `{}` | – | {new_m:.3} | – |", case.name),
+            true => println!("| `{}` | – | {new_m:.3} | – | – / {new_c:.2} |", case.name),
             false => {
                 let old_m = median(old_t);
                 println!(
-                    "| `{}` | {old_m:.3} | {new_m:.3} | {:.1}× |",
+                    "| `{}` | {old_m:.3} | {new_m:.3} | {:.1}× | {:.2} / {new_c:.2} |",
                     case.name,
-                    old_m / new_m
+                    old_m / new_m,
+                    median(old_cpu)
                 );
             }
         }

@@ -33,7 +33,7 @@ pub fn config(word: Option<&str>) -> String {
 }
 
 /// The whole page for a terminal.
-pub fn render(md: &str, width: usize) -> String {
+pub(crate) fn render(md: &str, width: usize) -> String {
     let mut out = String::new();
     let mut para: Vec<&str> = Vec::new();
     let mut lines = md.lines().peekable();
@@ -117,7 +117,7 @@ fn reflow(lines: &[&str], width: usize) -> String {
 }
 
 /// The table rows whose first cell mentions `word` (any case), rendered.
-pub fn rows_matching(md: &str, word: &str, width: usize) -> String {
+pub(crate) fn rows_matching(md: &str, word: &str, width: usize) -> String {
     let word = word.to_ascii_lowercase();
     let mut out = String::new();
     let mut header: Option<Vec<String>> = None;
@@ -239,7 +239,7 @@ fn wrap(label: &str, text: &str, width: usize) -> String {
 /// Markdown inline syntax reduced to its words: `code` loses its backticks,
 /// `[text](link)` keeps the text, `**bold**` and `*emphasis*` lose their
 /// stars. Text inside backticks is kept as written (`(*cache).put`).
-pub fn inline(s: &str) -> String {
+pub(crate) fn inline(s: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;

@@ -89,7 +89,7 @@ pub async fn ls(a: LsArgs, env: &dyn Vars) -> Result<(), CliError> {
 }
 
 /// The table: pure, so tests read it.
-pub fn table(listed: &[Listed]) -> String {
+pub(crate) fn table(listed: &[Listed]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(

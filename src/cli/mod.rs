@@ -13,10 +13,10 @@
 //! - [`check`] — `check` and `capture`, which take the sidecar's configuration
 //! - [`help`] — `oomsnap help config`: the variable reference, in a terminal
 
-pub mod address;
-pub mod catalog;
+pub(crate) mod address;
+pub(crate) mod catalog;
 pub mod check;
-pub mod display;
+pub(crate) mod display;
 pub mod get;
 pub mod help;
 pub mod ls;

@@ -46,7 +46,7 @@ const STACK_FRAMES: usize = 6;
 
 /// Where a capture's files, and its baseline's, can be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Files {
+pub(crate) enum Files {
     /// On this machine: a capture directory, or a folder of a `file://` store.
     Local {
         dir: PathBuf,
@@ -63,7 +63,7 @@ pub enum Files {
 
 /// A capture as `report` shows it.
 #[derive(Debug, serde::Serialize)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub location: String,
     pub manifest: Manifest,
     pub oom: Option<OomRecord>,
@@ -205,7 +205,7 @@ fn dig_file(m: &Manifest) -> Option<(String, bool)> {
 }
 
 /// The commands printed under "dig further", each one ready to paste.
-pub fn dig_commands(files: &Files, m: &Manifest) -> Vec<String> {
+pub(crate) fn dig_commands(files: &Files, m: &Manifest) -> Vec<String> {
     let Some((file, is_heap)) = dig_file(m) else {
         return Vec::new();
     };
@@ -237,7 +237,7 @@ pub fn dig_commands(files: &Files, m: &Manifest) -> Vec<String> {
 }
 
 /// The report as text: pure, so tests read it.
-pub fn render(l: &Loaded, top: usize, commands: &[String], notes: &[String]) -> String {
+pub(crate) fn render(l: &Loaded, top: usize, commands: &[String], notes: &[String]) -> String {
     let m = &l.manifest;
     let mut s = String::new();
     let _ = writeln!(s, "capture   {}  ({})", m.capture_id, l.location);

@@ -11,7 +11,7 @@
 //! is made); the reading commands use [`Access::ReadOnly`], which creates
 //! nothing, so a mistyped path is an error instead of a new, empty store.
 
-pub mod env;
+pub(crate) mod env;
 
 use std::path::PathBuf;
 use std::sync::Arc;
