@@ -16,12 +16,12 @@
 //! The old binary is given by `OOMSNAP_BENCH_OLD_BIN` (build commit e55cc57
 //! in release mode; see docs/benchmarks.md); without it only the new one is
 //! timed. `OOMSNAP_BENCH_CAPTURES` and `OOMSNAP_BENCH_RUNS` change the size
-//! and the repetitions; `--quick` uses 1 000 captures and 2 runs.
+//! and the repetitions; `--quick` uses 1 000 captures and 2 runs. The table
+//! goes to stdout and `target/bench/ls.md`, every run to `target/bench/ls.json`.
 
 #[path = "../tests/cli_support/mod.rs"]
 mod cli_support;
-#[path = "../tests/common/mod.rs"]
-mod harness;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,19 +33,20 @@ use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
 
 use cli_support::Synthetic;
+use common::harness;
 
 const PREFIX: &str = "bench";
 const WEEK: u64 = 7 * 24 * 3600;
-
-fn quick() -> bool {
-    std::env::args().any(|a| a == "--quick")
-}
 
 fn knob(name: &str, default: usize, quick_default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick() { quick_default } else { default })
+        .unwrap_or(if common::quick() {
+            quick_default
+        } else {
+            default
+        })
 }
 
 fn load() -> String {
@@ -199,7 +200,7 @@ fn main() {
         return;
     };
     let n = knob("OOMSNAP_BENCH_CAPTURES", 5000, 1000);
-    let runs = knob("OOMSNAP_BENCH_RUNS", 5, 2);
+    let runs = common::runs(5, 2);
     let new_bin = PathBuf::from(env!("CARGO_BIN_EXE_oomsnap"));
     let old_bin = std::env::var_os("OOMSNAP_BENCH_OLD_BIN").map(PathBuf::from);
     if old_bin.is_none() {
@@ -254,8 +255,14 @@ fn main() {
         .filter(|c| c.at.elapsed().is_ok_and(|a| a < Duration::from_secs(3600)))
         .count();
 
-    println!("| command | old (e55cc57) median s | new median s | old ÷ new | CPU s old / new |");
-    println!("|---|---:|---:|---:|---:|");
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    let mut raw = Vec::new();
+    let _ = writeln!(
+        md,
+        "| command | old (e55cc57) median s | new median s | old ÷ new | CPU s old / new |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for case in &cases {
         let mut new_t = Vec::new();
         let mut old_t = Vec::new();
@@ -282,25 +289,48 @@ fn main() {
                 }
             }
         }
+        raw.push(serde_json::json!({
+            "command": case.name,
+            "old_seconds": old_t, "new_seconds": new_t,
+            "old_cpu_seconds": old_cpu, "new_cpu_seconds": new_cpu,
+        }));
         let new_m = median(new_t);
         let new_c = median(new_cpu);
-        match old_t.is_empty() {
-            true => println!("| `{}` | – | {new_m:.3} | – | – / {new_c:.2} |", case.name),
-            false => {
-                let old_m = median(old_t);
-                println!(
-                    "| `{}` | {old_m:.3} | {new_m:.3} | {:.1}× | {:.2} / {new_c:.2} |",
-                    case.name,
-                    old_m / new_m,
-                    median(old_cpu)
-                );
-            }
+        if old_t.is_empty() {
+            let _ = writeln!(
+                md,
+                "| `{}` | – | {new_m:.3} | – | – / {new_c:.2} |",
+                case.name
+            );
+        } else {
+            let old_m = median(old_t);
+            let _ = writeln!(
+                md,
+                "| `{}` | {old_m:.3} | {new_m:.3} | {:.1}× | {:.2} / {new_c:.2} |",
+                case.name,
+                old_m / new_m,
+                median(old_cpu)
+            );
         }
     }
-    println!();
-    println!(
-        "{n} captures ({expected_recent} within the last hour) in SeaweedFS on loopback; \
-         median of {runs} runs each; load average before {load_before}, after {}.",
-        load()
+    let load_after = load();
+    let _ = writeln!(
+        md,
+        "\n{n} captures ({expected_recent} within the last hour) in SeaweedFS on loopback; \
+         median of {runs} runs each; load average before {load_before}, after {load_after}."
+    );
+    common::report(
+        "ls",
+        serde_json::json!({
+            "captures": n,
+            "recent": expected_recent,
+            "runs": runs,
+            "old_binary": old_bin,
+            "load_before": load_before,
+            "load_after": load_after,
+            "fill_seconds": filled.as_secs_f64(),
+            "cases": raw,
+        }),
+        &md,
     );
 }
