@@ -18,6 +18,7 @@
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::ClientConfigKey;
 
 use super::StoreError;
 use crate::config::Vars;
@@ -46,7 +47,12 @@ pub fn s3(vars: &dyn Vars) -> Result<AmazonS3Builder, StoreError> {
         let Ok(key) = var.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() else {
             continue;
         };
-        check_text(&var, &value)?;
+        if !matches!(
+            key,
+            AmazonS3ConfigKey::Client(ClientConfigKey::ProxyCaCertificate)
+        ) {
+            check_text(&var, &value)?;
+        }
         match key {
             AmazonS3ConfigKey::Endpoint
             | AmazonS3ConfigKey::S3Endpoint
@@ -72,7 +78,12 @@ pub fn azure(vars: &dyn Vars) -> Result<MicrosoftAzureBuilder, StoreError> {
         let Ok(key) = var.to_ascii_lowercase().parse::<AzureConfigKey>() else {
             continue;
         };
-        check_text(&var, &value)?;
+        if !matches!(
+            key,
+            AzureConfigKey::Client(ClientConfigKey::ProxyCaCertificate)
+        ) {
+            check_text(&var, &value)?;
+        }
         match key {
             AzureConfigKey::Endpoint
             | AzureConfigKey::AuthorityHost
@@ -118,7 +129,13 @@ pub fn gcs(vars: &dyn Vars) -> Result<GoogleCloudStorageBuilder, StoreError> {
         let Ok(key) = var.to_ascii_lowercase().parse::<GoogleConfigKey>() else {
             continue;
         };
-        check_text(&var, &value)?;
+        if !matches!(
+            key,
+            GoogleConfigKey::ServiceAccountKey
+                | GoogleConfigKey::Client(ClientConfigKey::ProxyCaCertificate)
+        ) {
+            check_text(&var, &value)?;
+        }
         if matches!(key, GoogleConfigKey::BaseUrl) {
             check_url(&var, &value)?;
         }
@@ -159,8 +176,11 @@ fn error(var: &str, value: &str, problem: String, expected: &'static str) -> Sto
     }
 }
 
-/// Every value ends up in a URI or an HTTP header somewhere, where a control
-/// character (typically a trailing newline) is fatal inside object_store.
+/// Nearly every value ends up in a URI or an HTTP header somewhere, where a
+/// control character (typically a trailing newline) is fatal inside
+/// object_store. The exceptions are parsed as documents, where newlines
+/// belong: a PEM certificate and a service-account JSON key; callers skip
+/// this check for them.
 fn check_text(var: &str, value: &str) -> Result<(), StoreError> {
     match value.chars().enumerate().find(|(_, c)| c.is_control()) {
         None => Ok(()),
@@ -363,6 +383,20 @@ mod tests {
             &s3_with(&[("AWS_DEFAULT_CONTENT_TYPE", "a\u{1}b")]),
         ));
         assert_eq!(value.as_deref(), Some("a\u{1}b"));
+    }
+
+    #[test]
+    fn documents_may_span_lines() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert!(!matches!(
+            open("s3://b/p", &s3_with(&[("AWS_PROXY_CA_CERTIFICATE", pem)])),
+            Err(StoreError::Env { .. })
+        ));
+        let key = "{\n  \"type\": \"service_account\"\n}\n";
+        assert!(!matches!(
+            open("gs://b/p", &[("GOOGLE_SERVICE_ACCOUNT_KEY", key)]),
+            Err(StoreError::Env { .. })
+        ));
     }
 
     #[test]
