@@ -32,6 +32,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
 COPY src ./src
+COPY docs/configuration.md ./docs/configuration.md
 # `sharing=locked`: two platforms built at once would otherwise share one
 # target/ whose build scripts are compiled for each machine.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -1,24 +1,34 @@
 //! The `oomsnap` command: parses the command line and hands over to the
-//! library. `run` (the container's default) wires the whole pipeline;
-//! `watch`, `check` and `capture` are for people at a terminal.
+//! library. `run` (the image's default command) wires the whole pipeline;
+//! the others are for people at a terminal. A bare `oomsnap` prints the
+//! help and exits with 2, as for any other missing argument.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use oomsnap::config::{Config, LogFormat, ProcessEnv};
+use clap::{CommandFactory, Parser, Subcommand};
+use oomsnap::config::{Config, LogFormat, ProcessEnv, Vars};
 
 /// Captures Go pprof profiles before the kernel OOM-kills the app.
 #[derive(Parser, Debug)]
-#[command(name = "oomsnap", version, about, long_about = None)]
+#[command(
+    name = "oomsnap",
+    version,
+    about,
+    long_about = None,
+    subcommand_required = true,
+    arg_required_else_help = true,
+    disable_help_subcommand = true,
+    after_help = "The container image runs `oomsnap run`. `oomsnap help config` lists every variable."
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Watch memory and capture profiles near the limit (the default).
+    /// Watch memory and capture profiles near the limit (the image's default command).
     Run,
     /// Watch memory and log each decision, capturing nothing.
     Watch,
@@ -32,8 +42,54 @@ enum Command {
     Ls(oomsnap::cli::LsArgs),
     /// Download one capture's files.
     Get(oomsnap::cli::GetArgs),
-    /// Print what grew in a capture, and the pprof command to dig further.
+    /// Print what grew in a capture, and the pprof commands to dig further.
     Report(oomsnap::cli::ReportArgs),
+    /// Print help: `help config` for every variable, `help <command>` for one command.
+    Help {
+        /// `config`, or a command such as `ls`.
+        topic: Option<String>,
+        /// With `config`: only the variables whose name holds this word.
+        word: Option<String>,
+    },
+}
+
+/// The one hint every configuration error ends with: it works inside the
+/// image, where the repository's docs are not.
+const CONFIG_HINT: &str = "Run `oomsnap help config` for every variable and its form.";
+
+fn help(topic: Option<&str>, word: Option<&str>) -> ExitCode {
+    let mut cli = Cli::command();
+    match topic {
+        None => {
+            let _ = cli.print_long_help();
+            ExitCode::SUCCESS
+        }
+        Some("config") => {
+            print!("{}", oomsnap::cli::help::config(word));
+            ExitCode::SUCCESS
+        }
+        Some(name) => match cli.find_subcommand_mut(name) {
+            Some(sub) => {
+                let _ = sub
+                    .clone()
+                    .bin_name(format!("oomsnap {name}"))
+                    .print_long_help();
+                ExitCode::SUCCESS
+            }
+            None => {
+                let names: Vec<String> = cli
+                    .get_subcommands()
+                    .map(|c| c.get_name().to_string())
+                    .filter(|n| n != "help")
+                    .collect();
+                eprintln!(
+                    "oomsnap: there is no help on {name:?}; ask for `config` or one of the commands: {}.",
+                    names.join(", ")
+                );
+                ExitCode::from(2)
+            }
+        },
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -44,9 +100,12 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    // Colour only for a person: a file or a log pipeline gets plain text.
+    let colour = std::io::stderr().is_terminal() && ProcessEnv.get("NO_COLOR").is_none();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     if json {
         b.json().flatten_event(true).with_current_span(false).init();
     } else {
@@ -65,7 +124,7 @@ fn load_config(format_override: Option<LogFormat>) -> Result<Config, ExitCode> {
         }
         Err(errors) => {
             eprintln!("oomsnap: {errors}");
-            eprintln!("See docs/configuration.md for every variable and its form.");
+            eprintln!("{CONFIG_HINT}");
             Err(ExitCode::from(2))
         }
     }
@@ -88,8 +147,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run);
+    let command = Cli::parse().command;
     let interactive = match &command {
         Command::Run | Command::Watch | Command::Inject(_) => None,
         _ => Some(LogFormat::Text),
@@ -108,17 +166,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Help { topic, word } => help(topic.as_deref(), word.as_deref()),
         Command::Ls(a) => {
             init_logs(LogFormat::Text);
-            oomsnap::cli::exit(runtime().block_on(oomsnap::cli::ls(a)))
+            oomsnap::cli::exit(runtime().block_on(oomsnap::cli::ls(a, &ProcessEnv)))
         }
         Command::Get(a) => {
             init_logs(LogFormat::Text);
-            oomsnap::cli::exit(runtime().block_on(oomsnap::cli::get(a)))
+            oomsnap::cli::exit(runtime().block_on(oomsnap::cli::get(a, &ProcessEnv)))
         }
         Command::Report(a) => {
             init_logs(LogFormat::Text);
-            oomsnap::cli::exit(runtime().block_on(oomsnap::cli::report(a)))
+            oomsnap::cli::exit(runtime().block_on(oomsnap::cli::report(a, &ProcessEnv)))
         }
         Command::Check => {
             let config = match load_config(interactive) {
@@ -146,7 +205,7 @@ fn main() -> ExitCode {
             let loaded = Config::load(&ProcessEnv, oomsnap::inject::KNOWN_VARS);
             if loaded.config.strict && !loaded.errors.0.is_empty() {
                 eprintln!("oomsnap: {}", loaded.errors);
-                eprintln!("OOMSNAP_STRICT=true, so oomsnap stops here. See docs/configuration.md for every variable and its form.");
+                eprintln!("OOMSNAP_STRICT=true, so oomsnap stops here. {CONFIG_HINT}");
                 return ExitCode::from(2);
             }
             init_logs(loaded.config.log_format);

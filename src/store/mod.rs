@@ -1,16 +1,25 @@
-//! Opens the object store named by `OOMSNAP_STORE`.
+//! Opens the object store named by `OOMSNAP_STORE` (or a CLI's `--store`).
 //!
 //! A URL string enters; a [`StoreUrl`] (pure parsing, unit-tested) and then an
 //! `object_store` handle plus the key prefix leave. Credentials, endpoints
 //! and `allow_http` come from each provider's usual environment (`AWS_*`,
-//! `AZURE_*`, `GOOGLE_*`) through the builders' `from_env`, so IRSA, Workload
-//! Identity, SeaweedFS, MinIO and Azurite work by setting variables only.
+//! `AZURE_*`, `GOOGLE_*`), read through [`Vars`] and checked in [`env`]
+//! first, so IRSA, Workload Identity, SeaweedFS, MinIO and Azurite work by
+//! setting variables only, and no value can panic inside `object_store`.
+//!
+//! The sidecar opens its store with [`Access::Create`] (a `file://` directory
+//! is made); the reading commands use [`Access::ReadOnly`], which creates
+//! nothing, so a mistyped path is an error instead of a new, empty store.
+
+pub(crate) mod env;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
+
+use crate::config::{ProcessEnv, Vars};
 
 /// Why a store URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,12 +33,26 @@ pub enum StoreError {
     Scheme(String),
     #[error("{0} needs a bucket or container name after the scheme")]
     NoBucket(String),
+    #[error("{name:?} is not a bucket or container name: expected ASCII letters, digits, '.', '_' and '-', with no port")]
+    BadBucket { name: String },
     #[error("a file:// store needs an absolute path, got {0:?}")]
     RelativePath(String),
     #[error("cannot create the local store directory {path}: {source}")]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("the local store {path} does not exist (check the path; nothing was created)")]
+    Missing { path: PathBuf },
+    #[error("the local store {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("{}cannot be used: {problem}; expected {expected}", match value { Some(v) => format!("{var}={v:?} "), None => format!("{var} (value not shown) ") })]
+    Env {
+        var: String,
+        /// `None` when the variable may hold a secret.
+        value: Option<String>,
+        problem: String,
+        expected: &'static str,
     },
     #[error("cannot configure the {scheme} store: {source}")]
     Build {
@@ -55,9 +78,23 @@ impl StoreUrl {
             return Err(StoreError::Credentials);
         }
         let prefix = url.path().trim_matches('/').to_string();
+        // The name ends up in a request URI (a host, for virtual-hosted S3),
+        // where a `%`, a `[` or a port would abort object_store.
         let bucket = || -> Result<String, StoreError> {
             match url.host_str() {
-                Some(h) if !h.is_empty() => Ok(h.to_string()),
+                Some(h) if !h.is_empty() => {
+                    let plain = h
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                    if plain && url.port().is_none() {
+                        Ok(h.to_string())
+                    } else {
+                        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                        Err(StoreError::BadBucket {
+                            name: format!("{h}{port}"),
+                        })
+                    }
+                }
                 _ => Err(StoreError::NoBucket(format!("{}://", url.scheme()))),
             }
         };
@@ -136,38 +173,70 @@ pub struct Store {
     pub part_size: usize,
 }
 
+/// Whether opening a store may create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The sidecar's store: a missing `file://` directory is created.
+    Create,
+    /// For commands that only read: nothing is created.
+    ReadOnly,
+}
+
 impl Store {
-    /// Opens the store; for `file://` the directory is created.
+    /// Opens the sidecar's store from the process environment; for
+    /// `file://` the directory is created.
     pub fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, &ProcessEnv, Access::Create)
+    }
+
+    /// Opens a store only to read from it: a missing `file://` directory is
+    /// an error naming the path.
+    pub fn open_read_only(url: &str, vars: &dyn Vars) -> Result<Store, StoreError> {
+        Store::open_with(url, vars, Access::ReadOnly)
+    }
+
+    /// Opens a store with the provider variables taken from `vars`.
+    pub fn open_with(url: &str, vars: &dyn Vars, access: Access) -> Result<Store, StoreError> {
         let parsed = StoreUrl::parse(url)?;
         let build = |scheme, source| StoreError::Build { scheme, source };
         let inner: Arc<dyn ObjectStore> = match &parsed {
             StoreUrl::File { root } => {
-                std::fs::create_dir_all(root).map_err(|source| StoreError::CreateDir {
-                    path: root.clone(),
-                    source,
-                })?;
+                match access {
+                    Access::Create => {
+                        std::fs::create_dir_all(root).map_err(|source| StoreError::CreateDir {
+                            path: root.clone(),
+                            source,
+                        })?
+                    }
+                    Access::ReadOnly if !root.exists() => {
+                        return Err(StoreError::Missing { path: root.clone() })
+                    }
+                    Access::ReadOnly if !root.is_dir() => {
+                        return Err(StoreError::NotADirectory { path: root.clone() })
+                    }
+                    Access::ReadOnly => {}
+                }
                 Arc::new(
                     object_store::local::LocalFileSystem::new_with_prefix(root)
                         .map_err(|e| build("file", e))?,
                 )
             }
             StoreUrl::S3 { bucket, .. } => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
+                env::s3(vars)?
                     .with_bucket_name(bucket)
                     .with_retry(retry())
                     .build()
                     .map_err(|e| build("s3", e))?,
             ),
             StoreUrl::Gcs { bucket, .. } => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                env::gcs(vars)?
                     .with_bucket_name(bucket)
                     .with_retry(retry())
                     .build()
                     .map_err(|e| build("gs", e))?,
             ),
             StoreUrl::Azure { container, .. } => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
+                env::azure(vars)?
                     .with_container_name(container)
                     .with_retry(retry())
                     .build()
@@ -254,5 +323,30 @@ mod tests {
         let parsed = StoreUrl::parse("gs://snaps/team/a").unwrap();
         assert_eq!(parsed.prefix().as_ref(), "team/a");
         assert_eq!(parsed.scheme(), "gs");
+    }
+
+    #[test]
+    fn a_read_only_open_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo/store");
+        let url = format!("file://{}", missing.display());
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let err = Store::open_read_only(&url, &env).unwrap_err();
+        assert!(matches!(&err, StoreError::Missing { path } if *path == missing));
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
+        assert!(!dir.path().join("typo").exists(), "nothing may be created");
+
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open_read_only(&format!("file://{}", file.display()), &env).unwrap_err();
+        assert!(matches!(err, StoreError::NotADirectory { .. }), "{err}");
+
+        // The sidecar's own open still makes its directory.
+        Store::open_with(&url, &env, Access::Create).unwrap();
+        assert!(missing.is_dir());
+        Store::open_read_only(&url, &env).unwrap();
     }
 }
