@@ -376,9 +376,11 @@ fn read_raw(src: &impl Source, limit: u64) -> Result<(Vec<u8>, bool), PprofError
     let got = read_up_to(&mut src.open()?, &mut magic).map_err(PprofError::Gzip)?;
     let gz = |r: Result<usize, io::Error>| r.map_err(PprofError::Gzip);
     if got == 2 && magic == GZIP_MAGIC {
-        // First pass: count only. `take` stops a bomb at limit + 1.
-        let mut counting = flate2::read::GzDecoder::new(src.open()?).take(limit + 1);
-        let n = gz(io::copy(&mut counting, &mut io::sink()).map(|n| n as usize))?;
+        // First pass: count only. `take` stops a bomb at limit + 1. The
+        // decoder (its window, buffer and header fields, each capped at
+        // 64 KiB by flate2) is gone before the buffer is allocated.
+        let counting = flate2::read::GzDecoder::new(src.open()?).take(limit + 1);
+        let n = gz(io::copy(&mut { counting }, &mut io::sink()).map(|n| n as usize))?;
         if n as u64 > limit {
             return Err(PprofError::TooLarge { limit });
         }
