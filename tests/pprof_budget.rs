@@ -1,0 +1,768 @@
+//! The summariser's memory budget, end to end (issue 11, row 3).
+//!
+//! Hostile profiles are served by a tiny loopback HTTP server as the app's
+//! heap and goroutine profiles, and kept as the baseline heap in the spool,
+//! so one capture decodes three of them. The real `oomsnap capture` fetches,
+//! spools, summarises and ships them; the kernel reports its peak RSS
+//! (`wait4`'s `ru_maxrss`). Each capture must ship the hostile bytes as they
+//! were, say in the summary's notes why they were not summarised, and stay
+//! within the budget.
+//!
+//! `cargo test --test pprof_budget -- --nocapture` prints the table.
+//! `OOMSNAP_BUDGET_BIN=path` runs another build instead of the one cargo
+//! built: a release build, or (with `OOMSNAP_BUDGET_BUILD=debug`) a debug
+//! build of the code before the budget, which fails here with hundreds of
+//! MiB.
+//!
+//! Bounds: every build may add at most the two budgets plus 4 MiB to the
+//! peak of a capture of small real profiles (`MOST_OVER_CONTROL`). A
+//! release-like build must also stay under the sidecar's 32 MiB limit. A
+//! debug build is not held to that: its unoptimised code alone keeps
+//! about 10 MiB more resident, so its absolute peak says nothing about the
+//! shipped image; the increment over the control is what the budget
+//! promises, in either build.
+//!
+//! A second test checks the same bodies in-process with a counting
+//! allocator: what decoding and summarising allocate never exceeds what
+//! `pprof::estimate` priced, and a refused body allocates next to nothing.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use oomsnap::pprof::{self, Budget, Function, Line, Location, Profile, Sample, ValueType};
+use prost::Message;
+
+const MIB: u64 = 1 << 20;
+
+/// The sidecar's memory limit in `deploy/examples`.
+const SIDECAR_LIMIT: u64 = 32 * MIB;
+
+/// What one summary may add over a capture of small real profiles: the
+/// inflated body plus the decoded structs and tables (the two budgets), and
+/// 4 MiB for the allocator's own slack and the upload of the bigger files.
+const MOST_OVER_CONTROL: u64 = pprof::SIDECAR_RAW_BUDGET + pprof::SIDECAR_DECODE_BUDGET + 4 * MIB;
+
+/// One measuring test at a time: the allocator's counters and the RSS
+/// floor below are process-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// ---------------------------------------------------------------------------
+// Hostile bodies
+// ---------------------------------------------------------------------------
+
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length-delimited field `tag` holding `payload`.
+fn field(tag: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 12);
+    varint(tag << 3 | 2, &mut out);
+    varint(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn gzip(raw: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(raw).unwrap();
+    e.finish().unwrap()
+}
+
+/// One `parent` message (a Profile field) holding `n` empty `child`
+/// messages: 2 bytes each on the wire, a whole struct each decoded.
+fn empty_children(parent: u64, child: u8, n: usize) -> Vec<u8> {
+    field(parent, &[child << 3 | 2, 0].repeat(n))
+}
+
+/// A gzip member of about `body_len` bytes that inflates ~160-fold to
+/// zeros: one fixed-Huffman block of a literal 0 and then matches of 258
+/// bytes at distance 1, 13 bits each. Built by hand, because compressing
+/// hundreds of MiB in a debug test would take minutes.
+fn zero_bomb(body_len: usize) -> (Vec<u8>, u64) {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u64, len: u32) {
+            self.acc |= value << self.n;
+            self.n += len;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        /// Huffman codes go most significant bit first.
+        fn code(&mut self, code: u64, len: u32) {
+            let reversed = (0..len).fold(0, |r, i| r | ((code >> i) & 1) << (len - 1 - i));
+            self.put(reversed, len);
+        }
+    }
+    let mut bits = Bits {
+        out: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+        acc: 0,
+        n: 0,
+    };
+    bits.put(1, 1); // BFINAL
+    bits.put(1, 2); // BTYPE 01: fixed Huffman codes
+    bits.code(0x30, 8); // literal 0
+    let matches = (body_len - 20) * 8 / 13;
+    for _ in 0..matches {
+        bits.code(0xc5, 8); // length symbol 285: 258 bytes
+        bits.code(0, 5); // distance symbol 0: distance 1
+    }
+    bits.code(0, 7); // end of block
+    if bits.n > 0 {
+        bits.out.push(bits.acc as u8);
+    }
+    let inflated = 1 + 258 * matches as u64;
+    // CRC-32 of the zeros: a MiB at a time, combined.
+    let mut crc = flate2::Crc::new();
+    let mut mib = flate2::Crc::new();
+    mib.update(&vec![0; MIB as usize]);
+    for _ in 0..inflated / MIB {
+        crc.combine(&mib);
+    }
+    let mut tail = flate2::Crc::new();
+    tail.update(&vec![0; (inflated % MIB) as usize]);
+    crc.combine(&tail);
+    bits.out.extend_from_slice(&crc.sum().to_le_bytes());
+    bits.out.extend_from_slice(&(inflated as u32).to_le_bytes());
+    (bits.out, inflated)
+}
+
+/// `n` goroutines, each on its own stack of 1024 frames: a distinct leaf
+/// above one location with 1023 inlined lines. Small on the wire; the
+/// summariser before the budget copied every distinct stack's frames.
+fn deep_stacks(n: usize) -> Profile {
+    let mut strings: Vec<String> = [
+        "",
+        "inuse_space",
+        "bytes",
+        "goroutine",
+        "count",
+        "main.deep",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut p = Profile {
+        sample_type: vec![
+            ValueType { r#type: 1, unit: 2 },
+            ValueType { r#type: 3, unit: 4 },
+        ],
+        ..Default::default()
+    };
+    let func = |id: u64, name: usize| Function {
+        id,
+        name: name as i64,
+        ..Default::default()
+    };
+    let location = |id: u64, function_id: u64, lines: usize| Location {
+        id,
+        line: vec![
+            Line {
+                function_id,
+                ..Default::default()
+            };
+            lines
+        ],
+        ..Default::default()
+    };
+    p.function.push(func(1, 5));
+    p.location.push(location(1, 1, 1023));
+    for i in 0..n as u64 {
+        strings.push(format!("main.leaf{i}"));
+        p.function.push(func(i + 2, strings.len() - 1));
+        p.location.push(location(i + 2, i + 2, 1));
+        p.sample.push(Sample {
+            location_id: vec![i + 2, 1],
+            value: vec![1024, 1],
+            label: vec![],
+        });
+    }
+    p.string_table = strings;
+    p
+}
+
+/// The most of `make(n)` that fits the sidecar's decode budget.
+fn largest_that_fits(make: impl Fn(usize) -> Vec<u8>) -> (usize, Vec<u8>) {
+    let fits = |n: usize| {
+        pprof::estimate(&make(n), Budget::SIDECAR)
+            .map(|e| e.check(Budget::SIDECAR).is_ok())
+            .unwrap_or(false)
+    };
+    let (mut lo, mut hi) = (1usize, 1 << 16);
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo, make(lo))
+}
+
+/// What a capture of a body must record.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Not summarised; each profile's note holds this.
+    Refused(&'static str),
+    /// Summarised: heap and goroutines, and the diff against itself unless
+    /// the baseline is what does not fit.
+    Summarised,
+}
+
+struct Body {
+    name: String,
+    gz: Vec<u8>,
+    inflated: u64,
+    expect: Expect,
+}
+
+fn body(name: impl Into<String>, raw: &[u8], expect: Expect) -> Body {
+    Body {
+        name: name.into(),
+        gz: gzip(raw),
+        inflated: raw.len() as u64,
+        expect,
+    }
+}
+
+/// The table, built once for both tests.
+fn hostile_bodies() -> &'static [Body] {
+    static BODIES: OnceLock<Vec<Body>> = OnceLock::new();
+    BODIES.get_or_init(build_bodies)
+}
+
+/// Each body as found (issue 11) or as we thought of it.
+fn build_bodies() -> Vec<Body> {
+    // Building these allocates and frees hundreds of MiB. Fixed thresholds
+    // make glibc hand big blocks back to the kernel when they are freed,
+    // instead of keeping them resident in a thread's heap, so this
+    // process's RSS stays below the captures' peaks (see `capture`).
+    // SAFETY: mallopt only tunes glibc's allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+    }
+    // The old cap was 16 MiB inflated, so "as found" fills it.
+    let as_found = (16 * MIB as usize - 16) / 2;
+    let in_budget = (pprof::SIDECAR_RAW_BUDGET as usize - 16) / 2;
+    let (zeros, zeros_inflated) = zero_bomb(2_000_000);
+    let (n, deep) = largest_that_fits(|n| deep_stacks(n).encode_to_vec());
+    vec![
+        body(
+            "nested Label bomb (as found)",
+            &empty_children(2, 3, as_found),
+            Expect::Refused("over 4MiB"),
+        ),
+        body(
+            "Location line-table bomb (as found)",
+            &empty_children(4, 4, as_found),
+            Expect::Refused("over 4MiB"),
+        ),
+        body(
+            "nested Label bomb, 4 MiB inflated",
+            &empty_children(2, 3, in_budget),
+            Expect::Refused("Label entries"),
+        ),
+        Body {
+            name: "plain 2 MB gzip bomb".into(),
+            gz: zeros,
+            inflated: zeros_inflated,
+            expect: Expect::Refused("over 4MiB"),
+        },
+        body(
+            "packed 1-byte location ids, 4 MiB",
+            &field(2, &field(1, &vec![1u8; in_budget * 2 - 16])),
+            Expect::Refused("Sample location ids"),
+        ),
+        body(
+            format!("{n} distinct 1024-frame stacks (fits)"),
+            &deep,
+            Expect::Summarised,
+        ),
+    ]
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(common::manifest_dir().join("tests/data/pprof").join(name)).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// A pprof server on loopback
+// ---------------------------------------------------------------------------
+
+/// Serves `heap` and `goroutine` under `/debug/pprof/`; stopped on drop.
+struct Target {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Target {
+    fn serve(heap: Vec<u8>, goroutine: Vec<u8>) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let bodies = Arc::new((heap, goroutine));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let bodies = bodies.clone();
+                std::thread::spawn(move || answer(conn, &bodies.0, &bodies.1));
+            }
+        });
+        Target {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/debug/pprof", self.port)
+    }
+}
+
+fn answer(mut c: TcpStream, heap: &[u8], goroutine: &[u8]) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let body: &[u8] = match path {
+        "/debug/pprof/heap" => heap,
+        "/debug/pprof/goroutine" => goroutine,
+        _ => b"ok",
+    };
+    let _ = write!(
+        c,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = c.write_all(body);
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One capture, its peak RSS measured by the kernel
+// ---------------------------------------------------------------------------
+
+/// The binary under test, and whether it is a release-like build: the one
+/// cargo built with this test, or `OOMSNAP_BUDGET_BIN`, a release build
+/// unless `OOMSNAP_BUDGET_BUILD=debug`.
+fn binary() -> (PathBuf, bool) {
+    match std::env::var_os("OOMSNAP_BUDGET_BIN") {
+        Some(p) => (
+            PathBuf::from(p),
+            std::env::var("OOMSNAP_BUDGET_BUILD").as_deref() != Ok("debug"),
+        ),
+        None => (
+            PathBuf::from(env!("CARGO_BIN_EXE_oomsnap")),
+            !cfg!(debug_assertions),
+        ),
+    }
+}
+
+/// This process's resident set size, in bytes.
+fn own_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+struct Run {
+    /// `ru_maxrss`: the most memory the capture ever held resident.
+    peak: u64,
+    /// What `peak` cannot be told apart from: this process's RSS at the
+    /// spawn (see [`capture`]).
+    floor: u64,
+    manifest: serde_json::Value,
+    store: PathBuf,
+    log: String,
+}
+
+/// Runs `oomsnap capture` against `target`, with `baseline` kept in the
+/// spool as the baseline heap.
+///
+/// `ru_maxrss` of a child is the largest of its own peak and the peak of
+/// the address space it was spawned from: `exec` folds the parent's (vfork)
+/// or the copy's (fork) high-water mark into it. So this process first
+/// resets its own high-water mark to its current RSS (`clear_refs` 5), which
+/// makes `ru_maxrss` the capture's own peak whenever that is above `floor`.
+fn capture(target: &Target, baseline: &[u8], dir: &Path) -> Run {
+    let (bin, _) = binary();
+    let spool = dir.join("spool");
+    let store = dir.join("store");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join(oomsnap::summary::BASELINE_HEAP), baseline).unwrap();
+    let log = dir.join("oomsnap.log");
+    // Give freed memory back first, so the floor is what this test holds.
+    // SAFETY: malloc_trim only releases free memory of glibc's heaps.
+    unsafe { libc::malloc_trim(0) };
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset this process's VmHWM");
+    let floor = own_rss();
+    let child = Command::new(&bin)
+        .arg("capture")
+        .env_clear()
+        .env("OOMSNAP_TARGET", target.url())
+        .env("OOMSNAP_STORE", format!("file://{}", store.display()))
+        .env("OOMSNAP_SPOOL_DIR", &spool)
+        .env("OOMSNAP_ADMIN_ADDR", "off")
+        // Debug builds inflate the 300 MiB zero bomb slowly while checking it.
+        .env("OOMSNAP_FETCH_TIMEOUT", "120s")
+        .env("OOMSNAP_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    let pid = child.id() as libc::pid_t;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is valid; wait4 on our own child's PID.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let flags = if Instant::now() < deadline {
+            libc::WNOHANG
+        } else {
+            // SAFETY: kill(2) on the PID of the child spawned above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            0
+        };
+        // SAFETY: as above; status and usage are valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if r == pid {
+            break (status, usage);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "oomsnap capture did not succeed (wait status {status:#x}); log:\n{log}"
+    );
+    let manifest = common::find_file(&store, "manifest.json")
+        .unwrap_or_else(|| panic!("nothing shipped to {}; log:\n{log}", store.display()));
+    Run {
+        peak: usage.ru_maxrss as u64 * 1024,
+        floor,
+        manifest: serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap(),
+        store,
+        log,
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+/// The profile `name` shipped with `body` as it was served.
+fn assert_shipped(run: &Run, name: &str, body: &[u8]) {
+    let record = run.manifest["profiles"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {:#}", run.manifest));
+    assert!(record["error"].is_null(), "{name} failed: {record:#}");
+    assert_eq!(record["bytes"], body.len() as u64, "{name}: {record:#}");
+    let shipped = common::find_file(&run.store, &format!("{name}.pb.gz"))
+        .unwrap_or_else(|| panic!("{name}.pb.gz did not ship"));
+    assert!(
+        std::fs::read(shipped).unwrap() == body,
+        "{name}.pb.gz changed on the way"
+    );
+}
+
+#[test]
+fn hostile_profiles_ship_unsummarised_within_the_sidecar_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (bin, release) = binary();
+    let bodies = hostile_bodies();
+    let dir = common::temp_dir("pprof-budget");
+
+    // The control: small real profiles, summarised in full.
+    let leak = fixture("heap_leak.pb.gz");
+    let target = Target::serve(leak.clone(), fixture("goroutine.pb.gz"));
+    let control = capture(
+        &target,
+        &fixture("heap_baseline.pb.gz"),
+        &dir.path().join("control"),
+    );
+    drop(target);
+    let verdict = control.manifest["summary"]["verdict"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        verdict.contains("main.(*leakyCache).put"),
+        "the control capture was not summarised: {:#}\n{}",
+        control.manifest["summary"],
+        control.log
+    );
+
+    let mut rows = vec![(
+        "real Go profiles (control)".to_string(),
+        leak.len() as u64,
+        0u64,
+        control.peak,
+        verdict.to_string(),
+    )];
+    let mut failures = Vec::new();
+    for (i, b) in bodies.iter().enumerate() {
+        let target = Target::serve(b.gz.clone(), b.gz.clone());
+        let run = capture(&target, &b.gz, &dir.path().join(format!("run{i}")));
+        drop(target);
+        assert_shipped(&run, "heap", &b.gz);
+        assert_shipped(&run, "goroutine", &b.gz);
+        let summary = &run.manifest["summary"];
+        let notes: Vec<&str> = summary["notes"]
+            .as_array()
+            .map(|n| n.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let outcome = match b.expect {
+            Expect::Refused(why) => {
+                for part in ["heap: ", "goroutine: "] {
+                    if !notes.iter().any(|n| n.starts_with(part) && n.contains(why)) {
+                        failures.push(format!("{}: no {part}note with {why:?}: {notes:?}", b.name));
+                    }
+                }
+                if !summary["heap"].is_null() {
+                    failures.push(format!("{}: summarised anyway: {summary:#}", b.name));
+                }
+                notes.first().map_or(String::new(), |n| n.to_string())
+            }
+            Expect::Summarised => {
+                if summary["heap"].is_null() || summary["goroutines"].is_null() {
+                    failures.push(format!("{}: not summarised: {summary:#}", b.name));
+                }
+                // At the budget's edge the baseline may not fit beside the
+                // heap's totals; then a note says so.
+                let baseline_noted = notes
+                    .iter()
+                    .any(|n| n.starts_with("baseline heap: ") && n.contains("decode budget"));
+                if summary["diff"].is_null() && !baseline_noted {
+                    failures.push(format!("{}: no diff and no note: {summary:#}", b.name));
+                }
+                summary["verdict"].as_str().unwrap_or("").to_string()
+            }
+        };
+        if run.peak > control.peak + MOST_OVER_CONTROL {
+            failures.push(format!(
+                "{}: peak RSS {} is {} over the control's {}, more than {}",
+                b.name,
+                mib(run.peak),
+                mib(run.peak - control.peak),
+                mib(control.peak),
+                mib(MOST_OVER_CONTROL)
+            ));
+        }
+        if release && run.peak > SIDECAR_LIMIT {
+            failures.push(format!(
+                "{}: peak RSS {} is over the sidecar's {} limit",
+                b.name,
+                mib(run.peak),
+                mib(SIDECAR_LIMIT)
+            ));
+        }
+        assert!(
+            run.floor < control.peak,
+            "this test's own RSS ({}) hides the capture's peak ({})",
+            mib(run.floor),
+            mib(run.peak)
+        );
+        rows.push((
+            b.name.clone(),
+            b.gz.len() as u64,
+            b.inflated,
+            run.peak,
+            outcome,
+        ));
+    }
+
+    eprintln!(
+        "\n{} ({} build, this test's RSS {}), bound: control + {}{}",
+        bin.display(),
+        if release { "release-like" } else { "debug" },
+        mib(control.floor),
+        mib(MOST_OVER_CONTROL),
+        if release {
+            format!(", and {}", mib(SIDECAR_LIMIT))
+        } else {
+            String::new()
+        }
+    );
+    eprintln!(
+        "{:<42} {:>10} {:>12} {:>10}  outcome",
+        "body", "bytes", "inflated", "peak RSS"
+    );
+    for (name, bytes, inflated, peak, outcome) in &rows {
+        let mut outcome = outcome.clone();
+        if outcome.len() > 90 {
+            let mut end = 90;
+            while !outcome.is_char_boundary(end) {
+                end -= 1;
+            }
+            outcome.truncate(end);
+            outcome.push('…');
+        }
+        eprintln!(
+            "{name:<42} {bytes:>10} {:>12} {:>10}  {outcome}",
+            if *inflated > 0 {
+                inflated.to_string()
+            } else {
+                "-".into()
+            },
+            mib(*peak)
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// In process: the estimate bounds what decoding and summarising allocate
+// ---------------------------------------------------------------------------
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to `System` unchanged and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            // A moving realloc holds both blocks for a moment.
+            let now = LIVE.fetch_add(new, Ordering::Relaxed) + new;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The most bytes `f` holds at once beyond what was live before it.
+fn peak_during<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let out = f();
+    (out, (PEAK.load(Ordering::Relaxed) - base) as u64)
+}
+
+#[test]
+fn the_estimate_bounds_what_decoding_and_summarising_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fixtures: Vec<Body> = ["heap_leak.pb.gz", "heap_baseline.pb.gz", "goroutine.pb.gz"]
+        .into_iter()
+        .map(|name| Body {
+            name: name.into(),
+            gz: fixture(name),
+            inflated: 0,
+            expect: Expect::Summarised,
+        })
+        .collect();
+    // Small gzip state and buffers beside the inflated body.
+    const GZIP_SLACK: u64 = 256 << 10;
+    for b in hostile_bodies().iter().chain(&fixtures) {
+        let (decoded, peak) = peak_during(|| pprof::decode(&b.gz));
+        match (b.expect, decoded) {
+            (Expect::Refused(why), Err(e)) => {
+                assert!(e.to_string().contains(why), "{}: {e}", b.name);
+                // Refused before decoding: at most the inflated body.
+                assert!(
+                    peak <= pprof::SIDECAR_RAW_BUDGET + GZIP_SLACK,
+                    "{}: refusing it allocated {}",
+                    b.name,
+                    mib(peak)
+                );
+            }
+            (Expect::Summarised, Ok(p)) => {
+                let e = pprof::estimate(&b.gz, Budget::SIDECAR).unwrap();
+                assert!(
+                    peak <= e.raw_bytes + e.decoded_bytes() + GZIP_SLACK,
+                    "{}: decoding allocated {}, priced {} + {}",
+                    b.name,
+                    mib(peak),
+                    mib(e.raw_bytes),
+                    mib(e.decoded_bytes())
+                );
+                for (what, (_, peak)) in [
+                    (
+                        "heap_summary",
+                        peak_during(|| drop(pprof::heap_summary(&p, 10))),
+                    ),
+                    (
+                        "goroutine_summary",
+                        peak_during(|| drop(pprof::goroutine_summary(&p, 10))),
+                    ),
+                ] {
+                    assert!(
+                        peak <= e.working_bytes(),
+                        "{}: {what} allocated {}, priced {}",
+                        b.name,
+                        mib(peak),
+                        mib(e.working_bytes())
+                    );
+                }
+            }
+            (_, r) => panic!("{}: unexpected {:?}", b.name, r.map(|p| p.sample.len())),
+        }
+    }
+}
