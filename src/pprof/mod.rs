@@ -20,8 +20,11 @@
 //!   placeholders for references that point nowhere.
 //! - `summary`: the heap summary, the goroutine summary, the diff against a
 //!   baseline and the one-line verdict, as serde structs.
+//! - [`memstats`]: Go's own memory numbers, from the `# runtime.MemStats`
+//!   trailer of `heap?debug=1` text, read as a stream without holding it.
 
 mod decode;
+pub mod memstats;
 mod summary;
 mod symbols;
 mod wire;
