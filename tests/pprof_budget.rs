@@ -443,6 +443,10 @@ fn capture(target: &Target, baseline: &[u8], dir: &Path) -> Run {
     unsafe { libc::malloc_trim(0) };
     std::fs::write("/proc/self/clear_refs", "5").expect("reset this process's VmHWM");
     let floor = own_rss();
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which also gives its rusage"
+    )]
     let child = Command::new(&bin)
         .arg("capture")
         .env_clear()
