@@ -169,22 +169,22 @@ pub struct Estimate {
 
 impl Estimate {
     /// Elements of `field` in the whole profile.
-    pub fn count(&self, field: Repeated) -> u64 {
+    pub(crate) fn count(&self, field: Repeated) -> u64 {
         self.counts[field.index()]
     }
 
     /// Bytes of string-table payload.
-    pub fn string_bytes(&self) -> u64 {
+    pub(crate) fn string_bytes(&self) -> u64 {
         self.string_bytes
     }
 
     /// The longest string of the string table.
-    pub fn longest_string(&self) -> u64 {
+    pub(crate) fn longest_string(&self) -> u64 {
         self.longest_string
     }
 
     /// Locations that have no lines (unsymbolised addresses).
-    pub fn lineless_locations(&self) -> u64 {
+    pub(crate) fn lineless_locations(&self) -> u64 {
         self.lineless_locations
     }
 
@@ -470,7 +470,7 @@ pub fn decode_file(path: impl AsRef<Path>) -> Result<Profile, PprofError> {
 }
 
 /// Like [`decode_file`], within `budget`.
-pub fn decode_file_with_budget(path: &Path, budget: Budget) -> Result<Profile, PprofError> {
+pub(crate) fn decode_file_with_budget(path: &Path, budget: Budget) -> Result<Profile, PprofError> {
     let src = FileSource { path, len: 0 };
     let len = std::fs::metadata(path).map_err(|e| src.io_err(e))?.len();
     decode_source(&FileSource { path, len }, budget)

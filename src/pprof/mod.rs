@@ -33,14 +33,15 @@ mod wire;
 mod test_profiles;
 
 pub use decode::{
-    decode, decode_file, decode_file_with_budget, decode_with_budget, estimate, Budget, Estimate,
-    PprofError, SIDECAR_DECODE_BUDGET, SIDECAR_RAW_BUDGET,
+    decode, decode_file, decode_with_budget, estimate, Budget, Estimate, PprofError,
+    SIDECAR_DECODE_BUDGET, SIDECAR_RAW_BUDGET,
 };
 pub use summary::{
     goroutine_summary, heap_diff, heap_summary, human_bytes, human_bytes_signed, verdict,
     FunctionBytes, FunctionDelta, GoroutineStack, GoroutineSummary, HeapDiff, HeapSummary,
     MAX_STACK_FRAMES,
 };
-pub use wire::{Function, Label, Line, Location, Mapping, Profile, Repeated, Sample, ValueType};
+pub use wire::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
+pub(crate) use decode::decode_file_with_budget;
 pub(crate) use summary::HeapTotals;

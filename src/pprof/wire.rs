@@ -174,7 +174,7 @@ pub struct Function {
 /// A repeated field of `profile.proto`: each is one `Vec` per message that
 /// holds it (one `Profile.sample`, but a `Sample.label` per sample).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Repeated {
+pub(crate) enum Repeated {
     SampleType,
     Sample,
     Mapping,
@@ -189,7 +189,7 @@ pub enum Repeated {
 }
 
 impl Repeated {
-    pub const ALL: [Repeated; 11] = [
+    pub(crate) const ALL: [Repeated; 11] = [
         Repeated::SampleType,
         Repeated::Sample,
         Repeated::Mapping,
@@ -204,7 +204,7 @@ impl Repeated {
     ];
 
     /// What the elements are called in messages to people.
-    pub fn noun(self) -> &'static str {
+    pub(crate) fn noun(self) -> &'static str {
         match self {
             Repeated::SampleType => "sample types",
             Repeated::Sample => "Sample entries",
@@ -239,10 +239,10 @@ pub(crate) trait Tally {
 /// decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed protobuf at byte {at}: {what}")]
-pub struct WireError {
+pub(crate) struct WireError {
     /// Offset in the inflated bytes.
-    pub at: usize,
-    pub what: &'static str,
+    pub(crate) at: usize,
+    pub(crate) what: &'static str,
 }
 
 /// How deep groups of unknown fields may nest (prost's own limit).
