@@ -333,7 +333,10 @@ pub struct FunctionBytes {
     pub cum_percent: f64,
 }
 
-/// Summarises a heap profile by `inuse_space` (see [`HeapTotals::of`]).
+/// Summarises a heap profile by `inuse_space` (or a fallback in bytes, see
+/// [`HeapSummary::sample_type_fallback`]): flat bytes go to the leaf frame
+/// (for inlined code, the first line of the leaf location), cumulative
+/// bytes to every distinct function on the stack, once per sample.
 pub fn heap_summary(p: &Profile, top_n: usize) -> Result<HeapSummary, PprofError> {
     Ok(HeapTotals::of(p)?.summary(top_n))
 }
@@ -427,7 +430,7 @@ struct Stack {
 ///
 /// Stacks are told apart by their frames' hash, and on a hash match by
 /// comparing the frames: a distinct stack costs one small entry instead of
-/// a copy of up to [`MAX_SAMPLE_FRAMES`] frames.
+/// a copy of its frames (up to 1024 of them).
 pub fn goroutine_summary(p: &Profile, top_n: usize) -> GoroutineSummary {
     let index = p
         .sample_type
