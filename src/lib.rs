@@ -13,7 +13,7 @@
 //! - [`store`]    — opens the object store named by a URL
 //! - [`keys`]     — object keys and sanitised path parts
 //! - [`manifest`] — the `manifest.json` of a capture
-//! - [`pprof`]    — decodes profile.proto; top-N and diff summaries
+//! - [`pprof`]    — decodes profile.proto within a memory budget; summaries
 //! - [`summary`]  — puts those summaries into a capture's manifest
 //! - [`admin`]    — /healthz, /readyz, /metrics, /status, POST /capture
 //! - [`annotations`] — live pod annotations from the Downward API file

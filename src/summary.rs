@@ -4,16 +4,24 @@
 //! manifest is written. Reads the bundle's `heap.pb.gz` and
 //! `goroutine.pb.gz`, and the baseline heap kept beside the spool; writes
 //! [`Summary`] (top functions, goroutines, growth since the baseline and a
-//! one-line verdict) into the [`Manifest`]. A baseline capture's heap is
-//! copied to `<spool>/.baseline-heap.pb.gz` so later captures can diff
-//! against it even after the baseline bundle has shipped.
+//! one-line verdict) into the [`Manifest`].
+//!
+//! Profiles are decoded **one at a time**, within [`Budget::SIDECAR`]: the
+//! heap is decoded, reduced to per-function totals and dropped; then the
+//! baseline, within what the heap's totals leave of the budget; then the
+//! goroutines, once the totals are gone. A profile over the budget is not
+//! summarised and a note says why; it is already spooled and ships as is.
+//!
+//! A baseline capture's heap is copied to `<spool>/.baseline-heap.pb.gz` so
+//! later captures can diff against it even after the baseline bundle has
+//! shipped.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
-use crate::pprof::{self, GoroutineSummary, HeapDiff, HeapSummary};
+use crate::pprof::{self, Budget, GoroutineSummary, HeapDiff, HeapSummary, HeapTotals};
 
 /// Where the last baseline heap is kept, and its capture id.
 pub const BASELINE_HEAP: &str = ".baseline-heap.pb.gz";
@@ -29,76 +37,72 @@ pub struct Summary {
     pub heap: Option<HeapSummary>,
     pub goroutines: Option<GoroutineSummary>,
     pub diff: Option<HeapDiff>,
-    /// Why a part is missing (a profile failed to decode, no baseline yet).
+    /// Why a part is missing (a profile failed to decode or is over the
+    /// decode budget, no baseline yet).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
 
-/// The largest profile file summarised, and what it may inflate to: the
-/// sidecar runs in a 32Mi limit, and a summary is a convenience while the
-/// profile itself is the evidence.
-pub const MAX_SUMMARY_FILE: u64 = 4 << 20;
-pub const MAX_SUMMARY_DECODED: u64 = 16 << 20;
-
-fn decode_small(p: &Path) -> Result<pprof::Profile, String> {
-    let len = std::fs::metadata(p).map_err(|e| e.to_string())?.len();
-    if len > MAX_SUMMARY_FILE {
-        return Err(format!(
-            "{} bytes is too large to summarise inside the sidecar; use go tool pprof",
-            len
-        ));
-    }
-    let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
-    pprof::decode_with_limit(&bytes, MAX_SUMMARY_DECODED).map_err(|e| e.to_string())
+/// A heap profile file decoded within `budget` and reduced; the decoded
+/// profile is dropped before this returns.
+fn reduce(path: &Path, budget: Budget) -> Result<HeapTotals, pprof::PprofError> {
+    HeapTotals::of(&pprof::decode_file_with_budget(path, budget)?)
 }
 
-/// Builds the summary from profile files; pure apart from reading them.
+/// Builds the summary from profile files within the sidecar's budget; pure
+/// apart from reading them.
 pub fn build(heap: Option<&Path>, goroutine: Option<&Path>, baseline: Option<&Path>) -> Summary {
+    build_within(heap, goroutine, baseline, Budget::SIDECAR)
+}
+
+fn build_within(
+    heap: Option<&Path>,
+    goroutine: Option<&Path>,
+    baseline: Option<&Path>,
+    budget: Budget,
+) -> Summary {
     let mut notes = Vec::new();
-    let mut decode = |what: &str, p: &Path| match decode_small(p) {
-        Ok(prof) => Some(prof),
-        Err(e) => {
-            notes.push(format!("{what}: {e}"));
-            None
+    let current = heap.and_then(|p| noted(&mut notes, "heap", reduce(p, budget)));
+    let diff = match (&current, baseline) {
+        (Some(cur), Some(b)) => {
+            let base = reduce(b, budget.less(cur.heap_bytes()));
+            noted(&mut notes, "baseline heap", base).and_then(|base| {
+                noted(
+                    &mut notes,
+                    "diff",
+                    HeapTotals::diff(&base, cur, TOP_FUNCTIONS),
+                )
+            })
         }
-    };
-    let heap_p = heap.and_then(|p| decode("heap", p));
-    let gor_p = goroutine.and_then(|p| decode("goroutine", p));
-    let base_p = baseline.and_then(|p| decode("baseline heap", p));
-    let heap_s = heap_p
-        .as_ref()
-        .and_then(|h| match pprof::heap_summary(h, TOP_FUNCTIONS) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                notes.push(format!("heap: {e}"));
-                None
-            }
-        });
-    let diff = match (&base_p, &heap_p) {
-        (Some(b), Some(h)) => match pprof::heap_diff(b, h, TOP_FUNCTIONS) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                notes.push(format!("diff: {e}"));
-                None
-            }
-        },
-        (None, Some(_)) if baseline.is_none() => {
+        (Some(_), None) => {
             notes.push("no baseline heap yet, so no diff".into());
             None
         }
-        _ => None,
+        (None, _) => None,
     };
-    let goroutines = gor_p
-        .as_ref()
-        .map(|g| pprof::goroutine_summary(g, TOP_STACKS));
-    let verdict = heap_s.as_ref().map(|h| pprof::verdict(h, diff.as_ref()));
+    // The totals go before the goroutines are decoded.
+    let heap = current.map(|t| t.summary(TOP_FUNCTIONS));
+    let goroutines = goroutine
+        .and_then(|p| {
+            noted(
+                &mut notes,
+                "goroutine",
+                pprof::decode_file_with_budget(p, budget),
+            )
+        })
+        .map(|g| pprof::goroutine_summary(&g, TOP_STACKS));
     Summary {
-        verdict,
-        heap: heap_s,
+        verdict: heap.as_ref().map(|h| pprof::verdict(h, diff.as_ref())),
+        heap,
         goroutines,
         diff,
         notes,
     }
+}
+
+/// The value, or `None` and a note saying what failed and why.
+fn noted<T>(notes: &mut Vec<String>, what: &str, r: Result<T, pprof::PprofError>) -> Option<T> {
+    r.map_err(|e| notes.push(format!("{what}: {e}"))).ok()
 }
 
 /// Fills `m.summary`; never fails the capture (a summary is a convenience,
@@ -194,5 +198,67 @@ mod tests {
         let s = build(Some(&bad), None, None);
         assert!(s.heap.is_none());
         assert_eq!(s.notes.len(), 1);
+    }
+
+    #[test]
+    fn a_profile_over_the_budget_is_a_note_and_the_rest_is_summarised() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        // One location with 1 M empty lines: 2 MiB on the wire, 24 MiB of
+        // Line structs.
+        let payload = [0x22u8, 0x00].repeat(1 << 20);
+        let mut raw = vec![0x22, 0x80, 0x80, 0x80, 0x01]; // field 4, length 2 MiB
+        raw.extend_from_slice(&payload);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        let bomb = d.path().join("heap.pb.gz");
+        std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+        let s = build(Some(&bomb), Some(&fixture("goroutine.pb.gz")), None);
+        assert!(s.heap.is_none() && s.verdict.is_none());
+        assert!(s.goroutines.is_some(), "the goroutines still summarise");
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(
+            s.notes[0].starts_with("heap: 1 048 576 Line entries ≈"),
+            "{}",
+            s.notes[0]
+        );
+        assert!(
+            s.notes[0].contains("over the 8MiB decode budget"),
+            "{}",
+            s.notes[0]
+        );
+    }
+
+    #[test]
+    fn the_baseline_decodes_within_what_the_heap_totals_leave() {
+        // The larger of the two as the baseline, so a budget that fits it
+        // alone fits the heap too.
+        let (heap, base) = (fixture("heap_baseline.pb.gz"), fixture("heap_leak.pb.gz"));
+        let priced = |p: &Path| {
+            pprof::estimate(&std::fs::read(p).unwrap(), Budget::SIDECAR)
+                .unwrap()
+                .total_bytes()
+        };
+        assert!(priced(&base) >= priced(&heap));
+        let alone = Budget {
+            decoded_bytes: priced(&base),
+            ..Budget::SIDECAR
+        };
+        // Each fits alone, so the heap summarises; the baseline does not fit
+        // beside the heap's totals, so there is no diff, and a note.
+        let s = build_within(Some(&heap), None, Some(&base), alone);
+        assert!(s.heap.is_some());
+        assert!(s.diff.is_none());
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(s.notes[0].starts_with("baseline heap: "), "{}", s.notes[0]);
+        assert!(s.notes[0].contains("decode budget"), "{}", s.notes[0]);
+        // With room for both, the diff is there.
+        let room = Budget {
+            decoded_bytes: alone.decoded_bytes * 2,
+            ..alone
+        };
+        assert!(build_within(Some(&heap), None, Some(&base), room)
+            .diff
+            .is_some());
     }
 }

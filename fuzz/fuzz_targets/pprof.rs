@@ -1,18 +1,73 @@
 //! The pprof decoder and the summaries built from what the app serves:
-//! `decode` (gzip or raw protobuf), `heap_summary`, `goroutine_summary`,
-//! `heap_diff` (against a real baseline and against itself) and `verdict`.
+//! `decode` (gzip or raw protobuf, within a budget), `heap_summary`,
+//! `goroutine_summary`, `heap_diff` (against a real baseline and against
+//! itself) and `verdict`; and the same bytes as `heap?debug=1` text, for
+//! the `runtime.MemStats` parser.
 //!
 //! The app is the author of these bytes; a broken or hostile profile must
 //! give an error or a summary, never a panic, a hang or an allocation the
-//! size of the sidecar's memory limit.
+//! size of the sidecar's memory limit. A counting global allocator holds
+//! the decoder to its word: decoding never allocates more than the budget
+//! (plus gzip's small state), nor more than `estimate` priced for the body;
+//! the summaries never more than the working set it priced.
 #![no_main]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use oomsnap::pprof::{self, Profile};
+use oomsnap::pprof::memstats::{self, MemStatsParser};
+use oomsnap::pprof::{self, Budget, Profile};
 
 const TOP_N: usize = 10;
+
+/// Beside the inflated body: two gzip decoders' window, buffer and header
+/// fields (flate2 caps each header field at 64 KiB).
+const GZIP_SLACK: usize = 512 << 10;
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to `System` unchanged and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            // A moving realloc holds both blocks for a moment.
+            let now = LIVE.fetch_add(new, Ordering::Relaxed) + new;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// What `f` returns, and the most bytes it held at once beyond what was
+/// live before it.
+fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let out = f();
+    (out, PEAK.load(Ordering::Relaxed) - base)
+}
 
 fn baseline() -> &'static Profile {
     static BASE: OnceLock<Profile> = OnceLock::new();
@@ -22,12 +77,39 @@ fn baseline() -> &'static Profile {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
-    // A small cap as well as the default one, so the cap's edge is covered.
-    let _ = pprof::decode_with_limit(data, 1024);
-    let Ok(p) = pprof::decode(data) else { return };
+fn within(budget: Budget) -> usize {
+    (budget.raw_bytes + budget.decoded_bytes) as usize + GZIP_SLACK
+}
 
-    let g = pprof::goroutine_summary(&p, TOP_N);
+fuzz_target!(|data: &[u8]| {
+    // As text: however the body is cut into chunks, the same numbers.
+    let whole = memstats::parse(data);
+    let cut = data.first().map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let mut chunked = MemStatsParser::new();
+    chunked.feed(&data[..cut]);
+    chunked.feed(&data[cut..]);
+    assert_eq!(format!("{whole:?}"), format!("{:?}", chunked.finish()));
+
+    let _ = baseline();
+    // A small budget as well as the sidecar's, so the budget's edges are
+    // reached with small inputs.
+    let small = Budget {
+        raw_bytes: 16 << 10,
+        decoded_bytes: 64 << 10,
+    };
+    let (_, peak) = peak_during(|| pprof::decode_with_budget(data, small));
+    assert!(peak <= within(small), "a small-budget decode took {peak} bytes");
+
+    let (decoded, peak) = peak_during(|| pprof::decode(data));
+    assert!(peak <= within(Budget::SIDECAR), "a decode took {peak} bytes");
+    let Ok(p) = decoded else { return };
+    let e = pprof::estimate(data, Budget::SIDECAR).expect("what decodes is priced");
+    let priced = (e.raw_bytes + e.decoded_bytes()) as usize + GZIP_SLACK;
+    assert!(peak <= priced, "decoding took {peak} bytes, priced {priced}: {e:?}");
+    let working = e.working_bytes() as usize;
+
+    let (g, peak) = peak_during(|| pprof::goroutine_summary(&p, TOP_N));
+    assert!(peak <= working, "goroutine_summary took {peak}, priced {working}");
     assert!(g.top_stacks.len() <= TOP_N);
     assert!(g.top_stacks.len() <= g.distinct_stacks);
     for s in &g.top_stacks {
@@ -35,7 +117,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(s.functions.len() <= pprof::MAX_STACK_FRAMES);
     }
 
-    let heap = pprof::heap_summary(&p, TOP_N);
+    let (heap, peak) = peak_during(|| pprof::heap_summary(&p, TOP_N));
+    assert!(peak <= working, "heap_summary took {peak}, priced {working}");
     if let Ok(h) = &heap {
         assert!(h.top_flat.len() <= TOP_N && h.top_cum.len() <= TOP_N);
         for r in h.top_flat.iter().chain(&h.top_cum) {
@@ -45,6 +128,7 @@ fuzz_target!(|data: &[u8]| {
                 "{r:?} above total {}",
                 h.total_bytes
             );
+            assert!(r.cum_bytes <= h.total_bytes, "{r:?} above total");
         }
         let _ = pprof::verdict(h, None);
     }
