@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod annotations;
+pub mod breakdown;
 pub mod capture;
 pub mod cli;
 pub mod config;

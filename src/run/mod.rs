@@ -68,6 +68,11 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    if mode == Mode::Run {
+        // The first attempt before the watcher starts, so the start-up
+        // baseline finds the spool open; the supervisor retries if not.
+        storage::open_spool(&shared, std::time::Duration::from_secs(1)).await;
+    }
     let storage = (mode == Mode::Run).then(|| {
         tokio::spawn(storage::supervise(
             shared.clone(),

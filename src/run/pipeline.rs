@@ -218,12 +218,11 @@ impl Pipeline {
             return Err(());
         };
         let id = spool.unique_id(&keys::capture_id(d.sample.wall, &label));
-        let prefix = self
-            .shared
-            .storage
-            .shipper
-            .get()
-            .map(|s| s.store.prefix.clone())
+        // From the configured URL, not the opened store: a capture taken
+        // before the store opens (or while it cannot) must still ship under
+        // the right key once it does.
+        let prefix = crate::store::StoreUrl::parse(&self.shared.config.store)
+            .map(|u| u.prefix())
             .unwrap_or_default();
         let key = keys::capture_prefix(&prefix, &self.shared.config.identity, &id).to_string();
         let settings = self

@@ -37,58 +37,54 @@ async fn stopped_within(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
-/// Runs until `stop` turns true. `store_valid` is false when
-/// `OOMSNAP_STORE` was refused at start: captures then stay in the spool.
-pub(crate) async fn supervise(
-    shared: Arc<Shared>,
-    store_valid: bool,
-    mut stop: watch::Receiver<bool>,
-) {
+/// One attempt to open (and recover) the spool; on success it is published
+/// in [`Shared::storage`]. `run` makes the first attempt before the watcher
+/// starts, so the start-up baseline finds the spool open.
+pub(crate) async fn open_spool(shared: &Arc<Shared>, retry_in: Duration) -> Option<Spool> {
     let c = &shared.config;
-    let mut wait = RETRY_MIN;
-    let spool = loop {
-        let (dir, max) = (c.spool_dir.clone(), c.spool_max_bytes);
-        let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max)).await;
-        match opened {
-            Ok(Ok((spool, rec))) => {
-                if rec.complete + rec.completed_from_draft + rec.removed_partial > 0 {
-                    tracing::info!(
-                        waiting = rec.complete,
-                        completed_after_crash = rec.completed_from_draft,
-                        removed_half_written = rec.removed_partial,
-                        "spool recovered from an earlier run"
-                    );
-                }
-                if rec.errors.is_empty() {
-                    shared.problems.clear(ProblemKind::Spool);
-                } else {
-                    shared.problems.set(
-                        ProblemKind::Spool,
-                        format!(
-                            "the spool {} holds bundles a crash left that cannot be completed now: {}; the rest ships",
-                            c.spool_dir.display(),
-                            rec.errors.join("; ")
-                        ),
-                    );
-                }
-                break spool;
+    let (dir, max) = (c.spool_dir.clone(), c.spool_max_bytes);
+    let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max)).await;
+    let spool = match opened {
+        Ok(Ok((spool, rec))) => {
+            if rec.complete + rec.completed_from_draft + rec.removed_partial > 0 {
+                tracing::info!(
+                    waiting = rec.complete,
+                    completed_after_crash = rec.completed_from_draft,
+                    removed_half_written = rec.removed_partial,
+                    "spool recovered from an earlier run"
+                );
             }
-            Ok(Err(e)) => shared.problems.set(
+            if rec.errors.is_empty() {
+                shared.problems.clear(ProblemKind::Spool);
+            } else {
+                shared.problems.set(
+                    ProblemKind::Spool,
+                    format!(
+                        "the spool {} holds bundles a crash left that cannot be completed now: {}; the rest ships",
+                        c.spool_dir.display(),
+                        rec.errors.join("; ")
+                    ),
+                );
+            }
+            spool
+        }
+        Ok(Err(e)) => {
+            shared.problems.set(
                 ProblemKind::Spool,
                 format!(
                     "cannot open the spool {} (OOMSNAP_SPOOL_DIR): {e}; no capture can be taken until it opens, retrying every {}",
                     c.spool_dir.display(),
-                    humantime::format_duration(wait)
+                    humantime::format_duration(retry_in)
                 ),
-            ),
-            Err(e) => shared
+            );
+            return None;
+        }
+        Err(e) => {
+            shared
                 .problems
-                .set(ProblemKind::Spool, format!("opening the spool failed: {e}")),
+                .set(ProblemKind::Spool, format!("opening the spool failed: {e}"));
+            return None;
         }
-        if stopped_within(&mut stop, wait).await {
-            return;
-        }
-        wait = (wait * 2).min(RETRY_MAX);
     };
     // Provisional captures a restart of oomsnap left: their window was not
     // watched, so nothing can confirm or refute them now. A spooled capture
@@ -104,6 +100,30 @@ pub(crate) async fn supervise(
     })
     .await;
     let _ = shared.storage.spool.set(spool.clone());
+    Some(spool)
+}
+
+/// Runs until `stop` turns true. `store_valid` is false when
+/// `OOMSNAP_STORE` was refused at start: captures then stay in the spool.
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    store_valid: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let c = &shared.config;
+    let mut wait = RETRY_MIN;
+    let spool = loop {
+        if let Some(s) = shared.storage.spool.get() {
+            break s.clone();
+        }
+        if stopped_within(&mut stop, wait).await {
+            return;
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+        if let Some(s) = open_spool(&shared, wait).await {
+            break s;
+        }
+    };
     let view = tokio::spawn(refresh_view(shared.clone(), stop.clone()));
 
     if !store_valid {

@@ -115,6 +115,65 @@ func parkedDepth(n int, ch chan struct{}, ready *sync.WaitGroup) {
 	<-ch
 }
 
+// spawnParked parks goroutines in main.parkedWorker until count exist, at
+// rate per second (rate <= 0: as fast as possible): a goroutine leak.
+func spawnParked(count int, rate float64) {
+	ch := make(chan struct{})
+	var ready sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < count; i++ {
+		if rate > 0 {
+			due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		ready.Add(1)
+		go parkedWorker(ch, &ready)
+	}
+	ready.Wait()
+}
+
+// fillPageCache writes size bytes to path at rate bytes/s (rate <= 0: as
+// fast as possible), then reads the file again and again through a small
+// buffer, so its pages stay in the page cache on the active list: memory
+// the cgroup counts in its working set, with no Go heap behind it.
+//
+//go:noinline
+func fillPageCache(path string, size int64, rate float64, chunk int) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Fatalf("leaky: %v", err)
+	}
+	buf := make([]byte, chunk)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	start := time.Now()
+	for done := int64(0); done < size; done += int64(len(buf)) {
+		if rate > 0 {
+			due := start.Add(time.Duration(float64(done) / rate * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		if _, err := f.Write(buf); err != nil {
+			log.Fatalf("leaky: %v", err)
+		}
+	}
+	for {
+		if _, err := f.Seek(0, 0); err != nil {
+			log.Fatalf("leaky: %v", err)
+		}
+		for {
+			if n, err := f.Read(buf); n == 0 || err != nil {
+				break
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 // grow leaks from the current size up to target bytes at rate bytes/s
 // (rate <= 0: as fast as possible), against a wall-clock schedule: the
 // amount due at time t is rate*(t-start); each step allocates one chunk and
@@ -148,7 +207,9 @@ func main() {
 	chunkKiB := flag.Int("chunk", 1024, "size of each leaked allocation in KiB")
 	delay := flag.Duration("delay", 0, "wait this long before leaking")
 	maxMiB := flag.Float64("max", 0, "stop leaking when this many MiB are held (0 = never)")
-	mode := flag.String("mode", "leak", "leak | oscillate")
+	mode := flag.String("mode", "leak", "leak | oscillate | goroutines | pagecache")
+	file := flag.String("file", "", "pagecache: the file to write and keep reading")
+	count := flag.Int("count", 0, "goroutines: how many to park at -rate per second")
 	low := flag.Float64("low", 0, "oscillate: drop back to this many MiB")
 	high := flag.Float64("high", 0, "oscillate: grow up to this many MiB")
 	goroutines := flag.Int("goroutines", 0, "extra goroutines parked forever in main.parkedWorker")
@@ -160,8 +221,18 @@ func main() {
 	}
 	chunk := *chunkKiB << 10
 	bytesPerSec := *rate * mib
-	if *mode != "leak" && *mode != "oscillate" {
-		log.Fatalf("leaky: unknown -mode %q (leak | oscillate)", *mode)
+	switch *mode {
+	case "leak", "oscillate":
+	case "goroutines":
+		if *count <= 0 {
+			log.Fatalf("leaky: -mode goroutines needs -count > 0")
+		}
+	case "pagecache":
+		if *file == "" || *maxMiB <= 0 {
+			log.Fatalf("leaky: -mode pagecache needs -file and -max")
+		}
+	default:
+		log.Fatalf("leaky: unknown -mode %q (leak | oscillate | goroutines | pagecache)", *mode)
 	}
 	if *mode == "oscillate" && !(*high > *low && *low >= 0) {
 		log.Fatalf("leaky: -mode oscillate needs -high > -low >= 0")
@@ -198,6 +269,10 @@ func main() {
 	switch *mode {
 	case "leak":
 		grow(int64(*maxMiB*mib), bytesPerSec, chunk)
+	case "goroutines":
+		spawnParked(*count, *rate)
+	case "pagecache":
+		fillPageCache(*file, int64(*maxMiB*mib), bytesPerSec, chunk)
 	case "oscillate":
 		lowB, highB := int64(*low*mib), int64(*high*mib)
 		for {
