@@ -38,7 +38,8 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 #   rustup  rustup target add
 #   cargo   cargo install --locked
 # The installers' own prerequisites (pip, npm) come first, so one apt pass
-# brings them with the rest.
+# brings them with the rest; they count as missing only when a pip or npm
+# package is missing too.
 COMPONENTS=$(cat <<'EOF'
 apt|python3-pip|pip, to install the Python tools below|python3 -m pip --version
 apt|npm|npm, to install Azurite|npm --version
@@ -99,12 +100,26 @@ for i in $(seq 0 $((N - 1))); do
   wait "${pids[$i]}" || MISSING+=("$i")
 done
 
+# pip and npm matter only when something is to be installed with them.
+declare -A SERVES=([python3-pip]=pip [npm]=npm)
+wanted=()
+for i in "${MISSING[@]}"; do
+  serves=${SERVES[${PKGS[$i]}]:-}
+  if [ -n "$serves" ]; then
+    needed=0
+    for j in "${MISSING[@]}"; do [ "${KINDS[$j]}" = "$serves" ] && needed=1; done
+    [ "$needed" = 1 ] || continue
+  fi
+  wanted+=("$i")
+done
+MISSING=("${wanted[@]+"${wanted[@]}"}")
+
 if [ ${#MISSING[@]} -eq 0 ]; then
-  say "all $N components are present ($(( $(date +%s) - t0 )) s); nothing to install"
+  say "nothing to install: every component the tests need works (checked in $(( $(date +%s) - t0 )) s)"
   exit 0
 fi
 
-say "missing ${#MISSING[@]} of $N components; will add:"
+say "missing ${#MISSING[@]} component(s); will add:"
 for i in "${MISSING[@]}"; do
   printf '  %-7s %-27s %s\n' "${KINDS[$i]}" "${PKGS[$i]}" "${WHATS[$i]}"
 done

@@ -418,10 +418,22 @@ fn shadow_path(hidden: &str, broken: &[(&str, i32)]) -> tempfile::TempDir {
         }
     }
     for (name, code) in broken {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let p = shadow.path().join(name);
-        let _ = std::fs::remove_file(&p);
-        std::fs::write(&p, format!("#!/bin/sh\nexit {code}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Remove the symlink first and create with O_EXCL: writing through
+        // the link would overwrite the real tool on this machine.
+        if p.symlink_metadata().is_ok() {
+            std::fs::remove_file(&p).unwrap();
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&p)
+            .unwrap()
+            .write_all(format!("#!/bin/sh\nexit {code}\n").as_bytes())
+            .unwrap();
     }
     shadow
 }
