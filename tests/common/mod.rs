@@ -27,6 +27,8 @@
 //! - `seaweed`: [`SeaweedFs`]; `azurite`: [`Azurite`];
 //! - `proxy`: [`StoreProxy`], a store that misbehaves on demand;
 //! - `oomsnap`: [`OomsnapEnv`] and the running binary, [`Oomsnap`].
+// Each test binary uses a part of the harness: the rest is dead code there,
+// and a re-export it never names is an unused import.
 #![allow(dead_code, unused_imports)]
 
 mod azurite;
