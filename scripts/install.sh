@@ -13,7 +13,7 @@
 # order. After installing, each component is probed again; one that still
 # fails stops the script with its name and the probe's output.
 #
-# Needs: Debian or Ubuntu (apt), root to install, and a Rust toolchain
+# Needs: Debian (apt; the package names are Debian's), root to install, and a Rust toolchain
 # (rustup), which this script does not install (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
