@@ -12,21 +12,6 @@ use std::time::Duration;
 use common::*;
 use oomsnap::manifest::Manifest;
 
-fn base_env(cg: &Path, target: &str, dir: &Path) -> Vec<(String, String)> {
-    vec![
-        ("OOMSNAP_CGROUP".into(), cg.display().to_string()),
-        ("OOMSNAP_TARGET".into(), target.into()),
-        (
-            "OOMSNAP_STORE".into(),
-            format!("file://{}/store", dir.display()),
-        ),
-        (
-            "OOMSNAP_SPOOL_DIR".into(),
-            dir.join("spool").display().to_string(),
-        ),
-    ]
-}
-
 #[test]
 fn a_target_not_listening_yet_is_reported_then_captured_once_it_is() {
     if !go_available() && !require_live("go") {
@@ -36,7 +21,7 @@ fn a_target_not_listening_yet_is_reported_then_captured_once_it_is() {
     let target = format!("http://127.0.0.1:{port}/debug/pprof");
     let cg = FakeCgroup::new(1 << 30, 50.0);
     let dir = temp_dir("notyet");
-    let snap = Oomsnap::start(&["run"], &base_env(cg.path(), &target, dir.path()));
+    let snap = Oomsnap::run(&OomsnapEnv::local(cg.path(), &target, dir.path()));
     let (code, body) = snap.capture();
     // Nothing answered: the manifest of failures is still kept, and the
     // reply says why.
@@ -66,24 +51,18 @@ fn a_target_in_a_crash_loop_is_followed_and_the_quota_holds() {
     let addr = format!("127.0.0.1:{port}");
     let dir = temp_dir("crashloop");
     let target = format!("http://{addr}/debug/pprof");
-    let env = vec![
-        // Found by the port: a restart is a new PID, seen and counted.
-        ("OOMSNAP_TARGET".to_string(), target),
-        (
-            "OOMSNAP_STORE".into(),
-            format!("file://{}/store", dir.path().display()),
-        ),
-        (
-            "OOMSNAP_SPOOL_DIR".into(),
-            dir.path().join("spool").display().to_string(),
-        ),
-        ("OOMSNAP_SPOOL_MAX_BYTES".into(), "256KiB".into()),
-        ("OOMSNAP_RATE_BURST".into(), "6".into()),
-        ("OOMSNAP_RATE_PERIOD".into(), "1h".into()),
-        ("OOMSNAP_BASELINE_EVERY".into(), "0".into()),
-    ];
+    // No OOMSNAP_CGROUP: the app is found by its port, so a restart is a
+    // new PID, seen and counted.
+    let env = OomsnapEnv::new()
+        .target(&target)
+        .file_store(&dir.path().join("store"))
+        .spool(&dir.path().join("spool"))
+        .set("OOMSNAP_SPOOL_MAX_BYTES", "256KiB")
+        .set("OOMSNAP_RATE_BURST", 6)
+        .set("OOMSNAP_RATE_PERIOD", "1h")
+        .set("OOMSNAP_BASELINE_EVERY", 0);
     let mut leaker = Leaker::spawn(Some(&cg), &["-addr", &addr, "-rate", "200", "-delay", "1s"]);
-    let snap = Oomsnap::start(&["run"], &env);
+    let snap = Oomsnap::run(&env);
     let mut kills = 0;
     for round in 0..4 {
         assert!(
@@ -211,22 +190,17 @@ fn a_full_or_read_only_spool_is_said_loudly_and_watching_goes_on() {
     };
     let _leaker = Leaker::spawn(None, &["-max", "4", "-goroutines", "2000"]);
     let cg = FakeCgroup::new(1 << 30, 50.0);
-    let mut env = base_env(cg.path(), &_leaker.pprof_base(), dir.path());
     // The store is down, so captures pile up in the little spool.
-    env[2] = ("OOMSNAP_STORE".into(), "s3://nowhere/x".into());
-    env.extend([
-        ("AWS_ENDPOINT".into(), "http://127.0.0.1:1".into()),
-        ("AWS_ALLOW_HTTP".into(), "true".into()),
-        ("AWS_ACCESS_KEY_ID".into(), "k".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("OOMSNAP_RATE_BURST".into(), "50".into()),
-        (
-            "OOMSNAP_PROFILES".into(),
-            "heap,goroutine,goroutine-stacks".into(),
-        ),
-    ]);
-    let snap = Oomsnap::start(&["run"], &env);
+    let env = OomsnapEnv::local(cg.path(), &_leaker.pprof_base(), dir.path())
+        .store("s3://nowhere/x")
+        .set("AWS_ENDPOINT", "http://127.0.0.1:1")
+        .set("AWS_ALLOW_HTTP", true)
+        .set("AWS_ACCESS_KEY_ID", "k")
+        .set("AWS_SECRET_ACCESS_KEY", "s")
+        .set("AWS_REGION", "us-east-1")
+        .set("OOMSNAP_RATE_BURST", 50)
+        .set("OOMSNAP_PROFILES", "heap,goroutine,goroutine-stacks");
+    let snap = Oomsnap::run(&env);
     let mut failures = 0;
     for _ in 0..12 {
         let (code, body) = snap.capture();
@@ -252,10 +226,16 @@ fn a_full_or_read_only_spool_is_said_loudly_and_watching_goes_on() {
     assert!(body.contains("Read-only file system"), "{body}");
     let logs = snap.logs();
     assert!(logs.contains("Read-only file system"), "{logs}");
-    // Still watching.
+    // Still watching: a new sample within 5 s (the slowest poll is 500 ms
+    // by default; 5 s leaves room for a loaded machine).
     let before = snap.status()["samples"].as_u64().unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(snap.status()["samples"].as_u64().unwrap() > before);
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            snap.status()["samples"].as_u64().unwrap() > before
+        }),
+        "no new sample in 5 s after the spool went read-only:\n{}",
+        snap.logs()
+    );
     assert_eq!(snap.get("/healthz").0, 200);
 }
 
@@ -272,21 +252,11 @@ fn a_vanishing_cgroup_a_new_limit_and_a_moved_cgroup_are_followed() {
     let addr = format!("127.0.0.1:{port}");
     let leaker = Leaker::spawn(Some(&cg1), &["-addr", &addr, "-max", "8"]);
     let dir = temp_dir("cgmove");
-    let env = vec![
-        (
-            "OOMSNAP_TARGET".to_string(),
-            format!("http://{addr}/debug/pprof"),
-        ),
-        (
-            "OOMSNAP_STORE".into(),
-            format!("file://{}/store", dir.path().display()),
-        ),
-        (
-            "OOMSNAP_SPOOL_DIR".into(),
-            dir.path().join("spool").display().to_string(),
-        ),
-    ];
-    let snap = Oomsnap::start(&["run"], &env);
+    let env = OomsnapEnv::new()
+        .target(&format!("http://{addr}/debug/pprof"))
+        .file_store(&dir.path().join("store"))
+        .spool(&dir.path().join("spool"));
+    let snap = Oomsnap::run(&env);
     let dir_of = |s: &serde_json::Value| {
         s["source"]["kind"]["dir"]
             .as_str()
@@ -336,24 +306,18 @@ fn sigkill_at_random_points_of_a_capture_never_leaves_a_corrupt_object() {
         return;
     }
     let Some(s3) = SeaweedFs::start() else {
-        require_live("weed");
         return;
     };
     let leaker = Leaker::spawn(None, &["-max", "4", "-goroutines", "3000"]);
     let cg = FakeCgroup::new(1 << 30, 50.0);
     let dir = temp_dir("sigkill50");
-    let mut env = base_env(cg.path(), &leaker.pprof_base(), dir.path());
-    env[2] = ("OOMSNAP_STORE".into(), s3.store_url("kill50"));
-    env.extend(s3.env());
-    env.extend([
-        ("OOMSNAP_RATE_BURST".into(), "1000".into()),
-        (
-            "OOMSNAP_PROFILES".into(),
-            "heap,goroutine,goroutine-stacks".into(),
-        ),
-    ]);
+    let env = OomsnapEnv::local(cg.path(), &leaker.pprof_base(), dir.path())
+        .store(&s3.store_url("kill50"))
+        .with(s3.env())
+        .set("OOMSNAP_RATE_BURST", 1000)
+        .set("OOMSNAP_PROFILES", "heap,goroutine,goroutine-stacks");
     for i in 0..50u64 {
-        let snap = Oomsnap::start(&["run"], &env);
+        let snap = Oomsnap::run(&env);
         let admin = snap.admin.clone();
         std::thread::spawn(move || {
             let _ = http_request(
@@ -369,7 +333,7 @@ fn sigkill_at_random_points_of_a_capture_never_leaves_a_corrupt_object() {
         snap.kill9();
     }
     // One clean run ships whatever was left.
-    let snap = Oomsnap::start(&["run"], &env);
+    let snap = Oomsnap::run(&env);
     let spool = dir.path().join("spool");
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(200), || {

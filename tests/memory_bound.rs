@@ -24,27 +24,23 @@ fn a_large_goroutine_dump_streams_through_a_small_rss() {
     let leaker = Leaker::spawn(None, &["-goroutines", "40000", "-max", "4"]);
     let cg = FakeCgroup::new(1 << 30, 30.0);
     let dir = temp_dir("bound");
-    let snap = Oomsnap::start(
-        &["run"],
-        &[
-            ("OOMSNAP_CGROUP".into(), cg.path().display().to_string()),
-            ("OOMSNAP_TARGET".into(), leaker.pprof_base()),
-            (
-                "OOMSNAP_STORE".into(),
-                format!("file://{}/store", dir.path().display()),
-            ),
-            (
-                "OOMSNAP_SPOOL_DIR".into(),
-                dir.path().join("spool").display().to_string(),
-            ),
-            (
-                "OOMSNAP_PROFILES".into(),
-                "heap,goroutine,goroutine-stacks".into(),
-            ),
-            ("OOMSNAP_FETCH_TIMEOUT".into(), "60s".into()),
-        ],
+    let env = OomsnapEnv::local(cg.path(), &leaker.pprof_base(), dir.path())
+        .set("OOMSNAP_PROFILES", "heap,goroutine,goroutine-stacks")
+        .set("OOMSNAP_FETCH_TIMEOUT", "60s");
+    let snap = Oomsnap::run(&env);
+    // The baseline heap is taken at the first healthy sample; its peak
+    // belongs to "before", so wait until it is in the store.
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            files_under(&dir.path().join("store")).iter().any(|p| {
+                p.ends_with("manifest.json")
+                    && p.parent()
+                        .is_some_and(|f| f.to_string_lossy().ends_with("_baseline"))
+            })
+        }),
+        "no baseline capture reached the store:\n{}",
+        snap.logs()
     );
-    std::thread::sleep(Duration::from_millis(500));
     let before = status_kib(snap.pid(), "VmHWM:");
     let (code, body) = snap.capture();
     assert_eq!(code, 200, "{body}\n{}", snap.logs());

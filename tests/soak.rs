@@ -55,27 +55,11 @@ fn oscillating_around_the_thresholds_stays_bounded_and_ships_everything() {
         ],
     );
     let dir = temp_dir("soak");
-    let snap = Oomsnap::start(
-        &["run"],
-        &[
-            ("OOMSNAP_CGROUP".into(), cg.path().display().to_string()),
-            ("OOMSNAP_TARGET".into(), leaker.pprof_base()),
-            (
-                "OOMSNAP_STORE".into(),
-                format!("file://{}/store", dir.path().display()),
-            ),
-            (
-                "OOMSNAP_SPOOL_DIR".into(),
-                dir.path().join("spool").display().to_string(),
-            ),
-            ("OOMSNAP_RATE_BURST".into(), burst.to_string()),
-            (
-                "OOMSNAP_RATE_PERIOD".into(),
-                format!("{}s", period.as_secs()),
-            ),
-            ("RUST_LOG".into(), "warn".into()),
-        ],
-    );
+    let env = OomsnapEnv::local(cg.path(), &leaker.pprof_base(), dir.path())
+        .set("OOMSNAP_RATE_BURST", burst)
+        .set("OOMSNAP_RATE_PERIOD", format!("{}s", period.as_secs()))
+        .set("RUST_LOG", "warn");
+    let snap = Oomsnap::run(&env);
     let pid = snap.pid();
     let start = Instant::now();
     let mut samples = Vec::new();
