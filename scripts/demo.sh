@@ -145,14 +145,14 @@ echo
 echo "what oomsnap did (from its log, times in UTC):"
 # Each line: the time, the message, and for a capture its reason and level;
 # the log itself has every field.
-grep -E ' capturing | capture spooled| OOM-killed' "$WORK/oomsnap.log" |
+grep -E ' capturing | capture spooled| OOM-killed| provisional' "$WORK/oomsnap.log" |
   sed -E -e 's/^[0-9-]+T([0-9:]{8}\.[0-9]{3})[0-9]*Z +(INFO|WARN) +/  \1  /' \
-    -e 's/capturing .* reason=([^ ]+) percent="([^"]+)".*/capturing: \1 at \2 % of the limit/' \
+    -e 's/capturing .* reason=([^ ]+) percent=([0-9.]+).*/capturing: \1 at \2 % of the limit/' \
     -e 's/ [a-z_]+=.*//' || true
 
 say "7/7 what was captured"
 (cd "$WORK/store" && find . -type f | sort)
-$OOMSNAP ls "file://$WORK/store"
+$OOMSNAP ls --store "file://$WORK/store"
 CAPTURE=$(dirname "$(find "$WORK/store" -name oom.json | head -1)")
 if [ "$CAPTURE" = "." ] || [ -z "$CAPTURE" ]; then
   CAPTURE=$(dirname "$(find "$WORK/store" -name manifest.json | sort | tail -1)")
