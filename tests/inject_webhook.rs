@@ -27,10 +27,6 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn require_live() -> bool {
-    std::env::var("OOMSNAP_REQUIRE_LIVE").as_deref() == Ok("1")
-}
-
 /// Whether the external checkers are here; panics in CI when they are not.
 fn live_tools() -> bool {
     let jsonpatch = Command::new("python3")
@@ -48,11 +44,7 @@ fn live_tools() -> bool {
         "python3 -c 'import jsonpatch' ok: {jsonpatch}, kubernetes-validate ok: {validate}; \
          install them with `pip install jsonpatch kubernetes-validate`"
     );
-    if require_live() {
-        panic!("OOMSNAP_REQUIRE_LIVE=1 but a checker is missing: {msg}");
-    }
-    eprintln!("\n*** SKIP: patch application and schema validation not run: {msg} ***\n");
-    false
+    common::require_live(&format!("the patch checkers: {msg}"))
 }
 
 /// Writes `pod` for `kubernetes-validate`, which needs `metadata.name`; at

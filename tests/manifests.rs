@@ -472,11 +472,7 @@ fn all_docs() -> Option<Vec<(PathBuf, serde_json::Value)>> {
     let mut docs = Vec::new();
     for f in files.iter().filter(|f| !is_kustomization(f)) {
         let Some(d) = yaml_docs(f) else {
-            let msg = "python3 with PyYAML is not installed (pip install kubernetes-validate)";
-            if std::env::var("OOMSNAP_REQUIRE_LIVE").as_deref() == Ok("1") {
-                panic!("OOMSNAP_REQUIRE_LIVE=1 but {msg}");
-            }
-            eprintln!("\n*** SKIP: deploy/ manifests not inspected: {msg} ***\n");
+            common::require_live("python3 with PyYAML (pip install kubernetes-validate)");
             return None;
         };
         docs.extend(d.into_iter().map(|d| (f.clone(), d)));
