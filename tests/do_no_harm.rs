@@ -448,12 +448,11 @@ fn a_capture_never_costs_a_parked_app_its_life() {
     assert!(gor["estimated_app_cost_bytes"].as_u64().unwrap() > 40 << 20);
     assert!(m["target_counts"]["goroutine"].as_u64().unwrap() >= 100_000);
     let (_, metrics) = snap.get("/metrics");
-    assert_eq!(
-        metric(
-            &metrics,
-            "oomsnap_profiles_skipped_total{profile=\"goroutine\",cause=\"headroom\"}"
-        ),
-        Some(1.0),
-        "{metrics}"
+    // One skip per capture at this level (the rung, and imminent when the
+    // climb to 91 % was steep enough for it).
+    let skipped = metric(
+        &metrics,
+        "oomsnap_profiles_skipped_total{profile=\"goroutine\",cause=\"headroom\"}",
     );
+    assert!(skipped.is_some_and(|n| n >= 1.0), "{metrics}");
 }
