@@ -5,6 +5,8 @@
 //! `Drop` guard, so a failing assertion leaves nothing running.
 
 mod common;
+#[path = "security/hostile.rs"]
+mod hostile;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,5 +1,5 @@
-//! Hostile inputs and neighbours: each test is one attack that worked
-//! against an earlier oomsnap, run for real against the built binary.
+//! Hostile inputs and neighbours (issue 11): each test is one attack that
+//! worked against an earlier oomsnap, run for real against the built binary.
 //!
 //! | row | input | file::test |
 //! |---|---|---|
@@ -10,9 +10,7 @@
 //! | 5 | the target redirects to another host | `hostile::a_redirect_from_the_target_is_never_followed` |
 //! | 6 | huge and quota-killing annotations | `hostile::huge_and_quota_killing_annotations_are_refused_within_a_small_memory` |
 //! | 7 | concurrent 1 MB AdmissionReviews | `inject_webhook::*` |
-//! | 8 | pod names that differ after 100 characters | `keys::tests`, `security::*` |
-
-mod common;
+//! | 8 | pod names that differ after 100 characters | `hostile::pod_names_that_differ_only_past_the_cap_land_in_different_folders` |
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs
@@ -470,4 +468,29 @@ fn huge_and_quota_killing_annotations_are_refused_within_a_small_memory() {
     assert!(p.len() < 2100, "the problem echoes {} bytes", p.len());
     // The burst alone is valid; the period stays at its default.
     assert_eq!(s["quota"]["period"], "10m");
+}
+
+#[test]
+fn pod_names_that_differ_only_past_the_cap_land_in_different_folders() {
+    use oomsnap::config::Identity;
+    let who = |pod: String| Identity {
+        namespace: "shop".into(),
+        pod,
+        container: "app".into(),
+        node: "n".into(),
+        pod_uid: None,
+    };
+    let stem = "checkout-".repeat(12); // 108 characters
+    let a = who(format!("{stem}-7d9f-aaaa"));
+    let b = who(format!("{stem}-7d9f-bbbb"));
+    let prefix = object_store::path::Path::from("oom");
+    let ka = oomsnap::keys::capture_prefix(&prefix, &a, "20261130T000000.000Z_manual");
+    let kb = oomsnap::keys::capture_prefix(&prefix, &b, "20261130T000000.000Z_manual");
+    assert_ne!(ka, kb, "two pods share one key folder");
+    for k in [&ka, &kb] {
+        assert!(k.parts().all(|p| p.as_ref().len() <= oomsnap::keys::MAX_PART), "{k}");
+    }
+    // A short name is left as it was, so existing keys do not move.
+    let short = oomsnap::keys::capture_prefix(&prefix, &who("cart-7d9f".into()), "x");
+    assert_eq!(short.as_ref(), "oom/shop/cart-7d9f/app/x");
 }
