@@ -28,7 +28,7 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// The sample that caused the capture.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct TriggerSample {
     pub sampled_at: String,
     pub usage_bytes: u64,
@@ -115,7 +115,7 @@ impl ProfileRecord {
 }
 
 /// `manifest.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Manifest {
     pub schema: u32,
     pub oomsnap_version: String,
@@ -141,6 +141,20 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_counts: Option<std::collections::BTreeMap<String, u64>>,
     pub profiles: Vec<ProfileRecord>,
+    /// The Go runtime's memory numbers at the capture (the `# runtime.MemStats`
+    /// trailer of `heap?debug=1`), when the target served them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_memstats: Option<crate::pprof::memstats::MemStats>,
+    /// Why there are no runtime numbers, when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_memstats_error: Option<String>,
+    /// The cgroup's `memory.stat` at the capture, in detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_memory: Option<serde_json::Value>,
+    /// Where the working set went: parts that add up, from the two above
+    /// and the heap profile (see `breakdown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::breakdown::Breakdown>,
     /// What grew: top functions, goroutines, diff against the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<serde_json::Value>,

@@ -88,7 +88,7 @@ pub async fn capture(config: Config) -> Result<(String, Manifest), OneshotError>
     capturer
         .fetch_all(&settings, &writer, &mut m, Instant::now(), &|| Some(sample))
         .await;
-    crate::summary::summarise(writer.dir(), spool.dir(), &mut m, false);
+    crate::summary::summarise(writer.dir(), spool.dir(), &mut m, false, None);
     let finished = Capturer::finish(writer, &m).await;
     let bundle = spool
         .bundles()

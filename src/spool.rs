@@ -603,6 +603,10 @@ pub(crate) mod tests {
             profiles: vec![],
             summary: None,
             confirmed_by: None,
+            go_memstats: None,
+            go_memstats_error: None,
+            cgroup_memory: None,
+            memory: None,
             baseline: None,
         }
     }

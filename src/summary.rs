@@ -26,6 +26,8 @@ use crate::pprof::{self, Budget, GoroutineSummary, HeapDiff, HeapSummary, HeapTo
 /// Where the last baseline heap is kept, and its capture id.
 pub const BASELINE_HEAP: &str = ".baseline-heap.pb.gz";
 pub const BASELINE_ID: &str = ".baseline-id";
+/// The baseline's breakdown of the working set, for "what grew".
+pub const BASELINE_MEMORY: &str = ".baseline-memory.json";
 /// Rows kept in each table.
 pub const TOP_FUNCTIONS: usize = 10;
 pub const TOP_STACKS: usize = 5;
@@ -105,9 +107,18 @@ fn noted<T>(notes: &mut Vec<String>, what: &str, r: Result<T, pprof::PprofError>
     r.map_err(|e| notes.push(format!("{what}: {e}"))).ok()
 }
 
-/// Fills `m.summary`; never fails the capture (a summary is a convenience,
-/// the profiles are the evidence).
-pub fn summarise(bundle_dir: &Path, spool_dir: &Path, m: &mut Manifest, is_baseline: bool) {
+/// Fills `m.summary` and `m.memory` (the working set's breakdown, from the
+/// manifest's `go_memstats`, `cgroup` and the heap profile); never fails
+/// the capture (a summary is a convenience, the profiles are the evidence).
+/// The verdict is the breakdown's — which part grew, and for the heap in
+/// which function — when there is one, else the heap's.
+pub fn summarise(
+    bundle_dir: &Path,
+    spool_dir: &Path,
+    m: &mut Manifest,
+    is_baseline: bool,
+    cgroup: Option<crate::breakdown::CgroupMemory>,
+) {
     let present = |name: &str| {
         m.profiles
             .iter()
@@ -116,18 +127,76 @@ pub fn summarise(bundle_dir: &Path, spool_dir: &Path, m: &mut Manifest, is_basel
     };
     let heap = present("heap.pb.gz");
     let goroutine = present("goroutine.pb.gz");
-    if heap.is_none() && goroutine.is_none() {
+    let mut s = if heap.is_none() && goroutine.is_none() {
+        None
+    } else {
+        Some(summarise_profiles(spool_dir, m, is_baseline, heap.as_deref(), goroutine.as_deref()))
+    };
+    if m.go_memstats.is_none() && cgroup.is_none() {
+        m.summary = s.and_then(|s| serde_json::to_value(&s).ok());
         return;
     }
+    let b = crate::breakdown::compute(&crate::breakdown::Inputs {
+        working_set: m.trigger.working_set_bytes,
+        cgroup,
+        go: m.go_memstats.clone(),
+        heap_profile_bytes: s.as_ref().and_then(|s| s.heap.as_ref()).map(|h| h.total_bytes),
+        at: Some(std::time::SystemTime::now()),
+    });
+    let base_file = spool_dir.join(BASELINE_MEMORY);
+    let base: Option<crate::breakdown::Breakdown> = (!is_baseline)
+        .then(|| std::fs::read(&base_file).ok())
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if let Some(s) = s.as_mut() {
+        let growth = s
+            .diff
+            .as_ref()
+            .and_then(|d| d.top_growth.first())
+            .map(|f| (f.function.clone(), f.growth_percent))
+            .or_else(|| {
+                s.heap
+                    .as_ref()
+                    .and_then(|h| h.top_flat.first())
+                    .map(|f| (f.function.clone(), f.flat_percent))
+            });
+        s.verdict = Some(b.verdict(
+            base.as_ref(),
+            growth.as_ref().map(|(f, p)| (f.as_str(), *p)),
+        ));
+    }
+    if is_baseline {
+        let kept = serde_json::to_vec(&b)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                crate::spool::write_atomic(spool_dir, BASELINE_MEMORY, &bytes)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "cannot keep the baseline's breakdown for later comparisons");
+        }
+    }
+    m.memory = Some(b);
+    m.summary = s.and_then(|s| serde_json::to_value(&s).ok());
+}
+
+/// The profiles' part of the summary; keeps a baseline's heap for later
+/// diffs.
+fn summarise_profiles(
+    spool_dir: &Path,
+    m: &mut Manifest,
+    is_baseline: bool,
+    heap: Option<&Path>,
+    goroutine: Option<&Path>,
+) -> Summary {
     let base_path = spool_dir.join(BASELINE_HEAP);
     let baseline = (!is_baseline && base_path.exists()).then_some(base_path.as_path());
-    let s = build(heap.as_deref(), goroutine.as_deref(), baseline);
+    let s = build(heap, goroutine, baseline);
     if s.diff.is_some() {
         m.baseline = std::fs::read_to_string(spool_dir.join(BASELINE_ID)).ok();
     }
-    m.summary = serde_json::to_value(&s).ok();
     if is_baseline {
-        if let Some(h) = &heap {
+        if let Some(h) = heap {
             let tmp = spool_dir.join(format!("{BASELINE_HEAP}.tmp"));
             let kept = std::fs::copy(h, &tmp)
                 .and_then(|_| std::fs::rename(&tmp, &base_path))
@@ -141,6 +210,7 @@ pub fn summarise(bundle_dir: &Path, spool_dir: &Path, m: &mut Manifest, is_basel
             }
         }
     }
+    s
 }
 
 /// The summary of a manifest, typed.

@@ -293,7 +293,7 @@ impl Pipeline {
             // A summary is a convenience: if it fails, the profiles ship
             // without one.
             let manifest = tokio::task::spawn_blocking(move || {
-                crate::summary::summarise(&dir, &spool_dir, &mut draft, is_baseline);
+                crate::summary::summarise(&dir, &spool_dir, &mut draft, is_baseline, None);
                 draft
             })
             .await

@@ -132,6 +132,7 @@ impl Synthetic {
             baseline: self.baseline.clone(),
             confirmed_by: None,
             target_counts: None,
+            ..Default::default()
         }
     }
 
