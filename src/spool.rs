@@ -597,17 +597,8 @@ pub(crate) mod tests {
                 wake: None,
             },
             decided_at: "2026-11-22T00:00:00Z".into(),
-            first_request_after_decision_ms: None,
             spooled_at: "2026-11-22T00:00:00Z".into(),
-            target_counts: None,
-            profiles: vec![],
-            summary: None,
-            confirmed_by: None,
-            go_memstats: None,
-            go_memstats_error: None,
-            cgroup_memory: None,
-            memory: None,
-            baseline: None,
+            ..Default::default()
         }
     }
 

@@ -130,7 +130,13 @@ pub fn summarise(
     let mut s = if heap.is_none() && goroutine.is_none() {
         None
     } else {
-        Some(summarise_profiles(spool_dir, m, is_baseline, heap.as_deref(), goroutine.as_deref()))
+        Some(summarise_profiles(
+            spool_dir,
+            m,
+            is_baseline,
+            heap.as_deref(),
+            goroutine.as_deref(),
+        ))
     };
     if m.go_memstats.is_none() && cgroup.is_none() {
         m.summary = s.and_then(|s| serde_json::to_value(&s).ok());
@@ -140,7 +146,10 @@ pub fn summarise(
         working_set: m.trigger.working_set_bytes,
         cgroup,
         go: m.go_memstats.clone(),
-        heap_profile_bytes: s.as_ref().and_then(|s| s.heap.as_ref()).map(|h| h.total_bytes),
+        heap_profile_bytes: s
+            .as_ref()
+            .and_then(|s| s.heap.as_ref())
+            .map(|h| h.total_bytes),
         at: Some(std::time::SystemTime::now()),
     });
     let base_file = spool_dir.join(BASELINE_MEMORY);

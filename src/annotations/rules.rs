@@ -413,12 +413,7 @@ mod tests {
             .0
     }
 
-    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::vars as ann;
 
     #[test]
     fn parses_the_downward_api_format() {

@@ -518,17 +518,7 @@ pub fn draft(
         }),
         trigger: TriggerSample::from_decision(d, wake.map(|w| w.name())),
         decided_at: timestamp(d.sample.wall),
-        first_request_after_decision_ms: None,
-        spooled_at: String::new(),
-        target_counts: None,
-        profiles: Vec::new(),
-        summary: None,
-        confirmed_by: None,
-        go_memstats: None,
-        go_memstats_error: None,
-        cgroup_memory: None,
-        memory: None,
-        baseline: None,
+        ..Default::default()
     }
 }
 

@@ -174,14 +174,7 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::vars as env;
 
     #[test]
     fn the_store_comes_from_the_flag_then_the_environment_then_the_default() {

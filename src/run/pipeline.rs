@@ -23,18 +23,21 @@ use tokio::sync::{mpsc, oneshot};
 use crate::capture::{CaptureSettings, Capturer};
 use crate::keys;
 use crate::limit::Verdict;
-use crate::manifest::{self, Manifest, OomRecord, TriggerSample, SCHEMA};
+use crate::manifest::Manifest;
 use crate::memory::watch::{Wake, WatchEvent};
 use crate::memory::{MemorySource, Sample};
 use crate::metrics::{CaptureLabels, ProfileLabels, SkipLabels};
-use crate::oom::{self, CaptureEntry, Evidence, Outcome};
+use crate::oom::{CaptureEntry, Evidence, Outcome};
 use crate::problems::ProblemKind;
 use crate::scheduler::{Job, Offer, Scheduler};
-use crate::speculative::{Action, Provisional};
+use crate::speculative::Provisional;
 use crate::state::{ManualOutcome, Shared};
 use crate::trigger::{Decision, Reason};
 
 use super::Mode;
+
+mod kill;
+mod provisional;
 
 /// Where a manual request's outcome goes.
 pub(crate) type Reply = oneshot::Sender<ManualOutcome>;
@@ -451,200 +454,6 @@ impl Pipeline {
                 self.launch(job);
             }
         }
-    }
-
-    /// Whether `d` is provisional: imminent, below the first rung, with
-    /// `OOMSNAP_IMMINENT=speculative`.
-    fn is_speculative(&self, d: &Decision) -> bool {
-        if self.shared.config.imminent != crate::config::Imminent::Speculative
-            || d.reason != Reason::Imminent
-        {
-            return false;
-        }
-        let first = self
-            .shared
-            .tunables
-            .lock()
-            .ok()
-            .and_then(|t| t.as_ref().and_then(|t| t.thresholds.first().copied()))
-            .or_else(|| self.shared.config.thresholds.first().copied())
-            .unwrap_or(100.0);
-        d.sample.percent() < first
-    }
-
-    /// Something confirmed the climb: provisional captures ship.
-    fn confirm(&mut self, by: &str) {
-        let window = self.shared.config.confirm_window;
-        for a in self.provisional.confirm(by, Instant::now(), window) {
-            self.apply(a);
-        }
-        self.publish_provisional();
-    }
-
-    /// Once a second: provisional captures past their window are discarded.
-    pub fn tick(&mut self) {
-        let window = self.shared.config.confirm_window;
-        for a in self.provisional.expire(Instant::now(), window) {
-            self.apply(a);
-        }
-    }
-
-    fn publish_provisional(&self) {
-        if let Ok(mut p) = self.shared.provisional.lock() {
-            *p = self.provisional.waiting();
-        }
-    }
-
-    fn mark(&self, id: &str, state: String) {
-        if let Ok(mut c) = self.shared.captures.lock() {
-            if let Some(e) = c.iter_mut().find(|e| e.id == id) {
-                e.provisional = Some(state);
-            }
-        }
-    }
-
-    /// Carries out a settled provisional capture's fate on the spool.
-    fn apply(&mut self, a: Action) {
-        self.publish_provisional();
-        let Some(spool) = self.shared.storage.spool.get().cloned() else {
-            return;
-        };
-        let shared = self.shared.clone();
-        match a {
-            Action::Confirm { id, by } => {
-                let charged = self
-                    .shared
-                    .admission
-                    .lock()
-                    .map(|mut q| q.charge())
-                    .unwrap_or(true);
-                tracing::info!(
-                    capture = %id,
-                    confirmed_by = %by,
-                    within_quota = charged,
-                    "a provisional capture is confirmed and ships"
-                );
-                self.mark(&id, format!("confirmed by {by}"));
-                tokio::task::spawn_blocking(move || match spool.confirm(&id, &by) {
-                    Ok(()) => {
-                        if let Some(s) = shared.storage.shipper.get() {
-                            s.wake.notify_one();
-                        }
-                    }
-                    Err(e) => shared.problems.set(
-                        ProblemKind::Spool,
-                        format!("cannot confirm the provisional capture {id}: {e}"),
-                    ),
-                });
-            }
-            Action::Discard { id } => {
-                tracing::info!(
-                    capture = %id,
-                    window_seconds = self.shared.config.confirm_window.as_secs(),
-                    "a provisional imminent capture is discarded: no rung, kill, restart or manual capture followed within OOMSNAP_CONFIRM_WINDOW"
-                );
-                self.shared
-                    .metrics
-                    .captures_discarded
-                    .get_or_create(&crate::metrics::ReasonLabel {
-                        reason: Reason::Imminent.label(),
-                    })
-                    .inc();
-                self.mark(&id, "discarded".into());
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = spool.discard(&id) {
-                        shared.problems.set(
-                            ProblemKind::Spool,
-                            format!("cannot discard the provisional capture {id}: {e}"),
-                        );
-                    }
-                    shared.refresh_spool_view();
-                });
-            }
-        }
-    }
-
-    /// The kernel (or a restart) says the app was killed at `at`.
-    fn record_oom(&mut self, at: SystemTime, evidence: Evidence, last: Option<Sample>) {
-        if matches!(evidence, Evidence::OomKill { .. }) {
-            self.shared.oom_kills.fetch_add(1, Ordering::Relaxed);
-        }
-        // The kill confirms what imminent began.
-        self.confirm(evidence.name());
-        // A kill while a capture is still being finished may be that
-        // capture's: its profiles may well be on disk already.
-        if self.running.is_some() {
-            self.pending_oom = Some((at, evidence, last));
-            return;
-        }
-        self.write_oom(at, evidence, last);
-    }
-
-    fn write_oom(&mut self, at: SystemTime, evidence: Evidence, last: Option<Sample>) {
-        let attribution = self
-            .shared
-            .captures
-            .lock()
-            .ok()
-            .and_then(|c| oom::attribute(&c, at, evidence, self.last_kill));
-        let Some(a) = attribution else {
-            if matches!(evidence, Evidence::OomKill { .. }) {
-                self.last_kill = Some(at);
-                tracing::warn!(
-                    evidence = evidence.name(),
-                    "the app was OOM-killed, but no capture preceded the kill"
-                );
-            }
-            return;
-        };
-        self.last_kill = Some(at);
-        if let Some(l) = a.lead_seconds.filter(|l| *l >= 0.0) {
-            self.shared.metrics.lead_seconds.observe(l);
-        }
-        let rec = OomRecord {
-            schema: SCHEMA,
-            capture_id: a.capture_id.clone(),
-            detected_at: manifest::timestamp(at),
-            evidence: evidence.name().into(),
-            oom_kills: match evidence {
-                Evidence::OomKill { kills } => Some(kills),
-                Evidence::Restart => None,
-            },
-            lead_seconds: a.lead_seconds,
-            chosen: Some(a.chosen.into()),
-            last_sample: last.as_ref().map(TriggerSample::from_sample),
-        };
-        tracing::warn!(
-            capture = %a.capture_id,
-            key = %a.key,
-            evidence = evidence.name(),
-            lead_seconds = a.lead_seconds,
-            chosen = a.chosen,
-            "the app was OOM-killed; {}",
-            match a.lead_seconds {
-                Some(l) if l >= 0.0 => format!("the capture was durable {l:.3} s before the kill"),
-                Some(l) => format!("the capture became durable only {:.3} s after the kill", -l),
-                None => "the capture's timing is unknown".into(),
-            }
-        );
-        let Some(spool) = self.shared.storage.spool.get().cloned() else {
-            return;
-        };
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let id = format!("{}_oom", keys::compact_time(SystemTime::now()));
-            let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
-            match spool.add_single(&id, &a.key, manifest::OOM_FILE, &bytes) {
-                Ok(()) => {
-                    if let Some(s) = shared.storage.shipper.get() {
-                        s.wake.notify_one();
-                    }
-                }
-                Err(e) => shared
-                    .problems
-                    .set(ProblemKind::Spool, format!("cannot spool oom.json: {e}")),
-            }
-        });
     }
 
     pub fn event(&mut self, ev: WatchEvent) {

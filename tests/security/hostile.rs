@@ -488,7 +488,11 @@ fn pod_names_that_differ_only_past_the_cap_land_in_different_folders() {
     let kb = oomsnap::keys::capture_prefix(&prefix, &b, "20261130T000000.000Z_manual");
     assert_ne!(ka, kb, "two pods share one key folder");
     for k in [&ka, &kb] {
-        assert!(k.parts().all(|p| p.as_ref().len() <= oomsnap::keys::MAX_PART), "{k}");
+        assert!(
+            k.parts()
+                .all(|p| p.as_ref().len() <= oomsnap::keys::MAX_PART),
+            "{k}"
+        );
     }
     // A short name is left as it was, so existing keys do not move.
     let short = oomsnap::keys::capture_prefix(&prefix, &who("cart-7d9f".into()), "x");

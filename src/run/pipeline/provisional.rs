@@ -1,0 +1,124 @@
+//! The pipeline's side of provisional captures: deciding which capture is
+//! one, passing confirmations to [`crate::speculative::Provisional`], and
+//! carrying out what it settles on the spool (off the runtime thread).
+
+use std::time::Instant;
+
+use crate::problems::ProblemKind;
+use crate::speculative::Action;
+use crate::trigger::{Decision, Reason};
+
+use super::Pipeline;
+
+impl Pipeline {
+    /// Whether `d` is provisional: imminent, below the first rung, with
+    /// `OOMSNAP_IMMINENT=speculative`.
+    pub(super) fn is_speculative(&self, d: &Decision) -> bool {
+        if self.shared.config.imminent != crate::config::Imminent::Speculative
+            || d.reason != Reason::Imminent
+        {
+            return false;
+        }
+        let first = self
+            .shared
+            .tunables
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().and_then(|t| t.thresholds.first().copied()))
+            .or_else(|| self.shared.config.thresholds.first().copied())
+            .unwrap_or(100.0);
+        d.sample.percent() < first
+    }
+
+    /// Something confirmed the climb: provisional captures ship.
+    pub(super) fn confirm(&mut self, by: &str) {
+        let window = self.shared.config.confirm_window;
+        for a in self.provisional.confirm(by, Instant::now(), window) {
+            self.apply(a);
+        }
+        self.publish_provisional();
+    }
+
+    /// Once a second: provisional captures past their window are discarded.
+    pub fn tick(&mut self) {
+        let window = self.shared.config.confirm_window;
+        for a in self.provisional.expire(Instant::now(), window) {
+            self.apply(a);
+        }
+    }
+
+    pub(super) fn publish_provisional(&self) {
+        if let Ok(mut p) = self.shared.provisional.lock() {
+            *p = self.provisional.waiting();
+        }
+    }
+
+    pub(super) fn mark(&self, id: &str, state: String) {
+        if let Ok(mut c) = self.shared.captures.lock() {
+            if let Some(e) = c.iter_mut().find(|e| e.id == id) {
+                e.provisional = Some(state);
+            }
+        }
+    }
+
+    /// Carries out a settled provisional capture's fate on the spool.
+    pub(super) fn apply(&mut self, a: Action) {
+        self.publish_provisional();
+        let Some(spool) = self.shared.storage.spool.get().cloned() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        match a {
+            Action::Confirm { id, by } => {
+                let charged = self
+                    .shared
+                    .admission
+                    .lock()
+                    .map(|mut q| q.charge())
+                    .unwrap_or(true);
+                tracing::info!(
+                    capture = %id,
+                    confirmed_by = %by,
+                    within_quota = charged,
+                    "a provisional capture is confirmed and ships"
+                );
+                self.mark(&id, format!("confirmed by {by}"));
+                tokio::task::spawn_blocking(move || match spool.confirm(&id, &by) {
+                    Ok(()) => {
+                        if let Some(s) = shared.storage.shipper.get() {
+                            s.wake.notify_one();
+                        }
+                    }
+                    Err(e) => shared.problems.set(
+                        ProblemKind::Spool,
+                        format!("cannot confirm the provisional capture {id}: {e}"),
+                    ),
+                });
+            }
+            Action::Discard { id } => {
+                tracing::info!(
+                    capture = %id,
+                    window_seconds = self.shared.config.confirm_window.as_secs(),
+                    "a provisional imminent capture is discarded: no rung, kill, restart or manual capture followed within OOMSNAP_CONFIRM_WINDOW"
+                );
+                self.shared
+                    .metrics
+                    .captures_discarded
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: Reason::Imminent.label(),
+                    })
+                    .inc();
+                self.mark(&id, "discarded".into());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = spool.discard(&id) {
+                        shared.problems.set(
+                            ProblemKind::Spool,
+                            format!("cannot discard the provisional capture {id}: {e}"),
+                        );
+                    }
+                    shared.refresh_spool_view();
+                });
+            }
+        }
+    }
+}
