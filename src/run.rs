@@ -491,9 +491,6 @@ impl Pipeline {
                     }
                 }
             }
-            WatchEvent::Fatal(why) => {
-                self.fatal = Some(why);
-            }
             WatchEvent::Lost { why } => {
                 tracing::warn!(%why, "memory source lost");
             }

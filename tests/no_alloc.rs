@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use oomsnap::memory::cgroup::CgroupReader;
-use oomsnap::memory::watch::poll_interval;
+use oomsnap::memory::pace::poll_interval;
 use oomsnap::trigger::{Policy, Trigger};
 
 struct Counting;

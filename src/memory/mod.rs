@@ -2,12 +2,19 @@
 //!
 //! [`locate`] turns the configuration into a [`MemorySource`] (which cgroup
 //! or process, found by which strategy). A source opens into a [`Reader`]
-//! that yields [`Sample`]s; [`watch`] runs the reader on its own thread,
-//! waking early on kernel notifications, and feeds the trigger.
+//! that yields [`Sample`]s (and, between them, the cheap usage sentinel);
+//! [`watch`] runs the reader on its own thread, woken by the timer [`pace`]
+//! sets and by the kernel notifications of [`notify`], and feeds the
+//! trigger. [`stat`] reads the full `memory.stat` breakdown on demand, for a
+//! capture's manifest.
 
 pub mod cgroup;
 pub mod locate;
+pub(crate) mod notify;
+pub mod pace;
+pub mod problem;
 pub mod proc;
+pub mod stat;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -15,6 +22,8 @@ use std::time::{Instant, SystemTime};
 
 pub use cgroup::{CgroupError, CgroupReader, Version};
 pub use locate::{locate, LocateError, Strategy};
+pub use problem::SourceProblem;
+pub use stat::StatBreakdown;
 
 /// One reading of the watched memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -140,10 +149,34 @@ pub enum Reader {
 }
 
 impl Reader {
+    /// One full sample.
     pub fn read(&mut self) -> Result<Sample, ReadError> {
         match self {
             Reader::Cgroup(r) => Ok(r.read()?),
             Reader::Process(r) => Ok(r.read()?),
+        }
+    }
+
+    /// Whether [`Reader::read_usage`] is cheaper than a full sample (a
+    /// process's RSS is one small file either way).
+    pub fn has_sentinel(&self) -> bool {
+        matches!(self, Reader::Cgroup(_))
+    }
+
+    /// The usage alone: the sentinel read between full samples.
+    pub fn read_usage(&mut self) -> Result<u64, ReadError> {
+        match self {
+            Reader::Cgroup(r) => Ok(r.read_usage()?),
+            Reader::Process(r) => Ok(r.read()?.usage),
+        }
+    }
+
+    /// The full `memory.stat` breakdown, for a capture; `None` for a
+    /// process source, which has no `memory.stat`.
+    pub fn stat_breakdown(&self) -> Option<Result<StatBreakdown, ReadError>> {
+        match self {
+            Reader::Cgroup(r) => Some(r.stat_breakdown().map_err(ReadError::from)),
+            Reader::Process(_) => None,
         }
     }
 }

@@ -171,7 +171,6 @@ pub fn cgroup_paths(pid: Option<u32>) -> Result<CgroupPaths, ProcError> {
 
 /// The resident set of one process, for hosts where no cgroup is readable.
 pub struct RssReader {
-    pid: u32,
     path: PathBuf,
     file: File,
     page: u64,
@@ -186,20 +185,14 @@ impl RssReader {
             file: path.clone(),
             source,
         })?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        let page = rustix::param::page_size().max(4096) as u64;
         Ok(RssReader {
-            pid,
             path,
             file,
             page,
             limit,
             buf: [0; 256],
         })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
     }
 
     pub fn read(&mut self) -> Result<Sample, ProcError> {
