@@ -1,7 +1,9 @@
 //! Code the benchmarks share: the oomsnap process guard, a high-frequency
-//! cgroup poller that timestamps the 80 % crossing and the kernel's OOM kill,
+//! cgroup poller (v1 or v2) that timestamps the 80 % crossing, the first
+//! time usage hits the limit and the kernel's OOM kill, a PSI trigger probe,
 //! a v1 threshold eventfd that timestamps crossings, a fake pprof server that
-//! timestamps request arrivals, statistics and the JSON/Markdown output.
+//! timestamps request arrivals, the v2 VM runner ([`v2vm`]), statistics and
+//! the JSON/Markdown output.
 //!
 //! The Go leaker, memory cgroups and small helpers come from the integration
 //! test harness (`tests/common/mod.rs`), included as `harness`.
@@ -9,6 +11,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 pub mod harness;
+pub mod v2vm;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -90,9 +93,12 @@ pub fn parse_ts(s: &str) -> Option<f64> {
 // The oomsnap process
 // ---------------------------------------------------------------------------
 
-/// The release binary cargo built for this bench (`target/release/oomsnap`).
+/// The release binary cargo built for this bench (`target/release/oomsnap`),
+/// or `OOMSNAP_BIN` (inside the v2 VM, where cargo's path does not exist).
 pub fn oomsnap_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_oomsnap"))
+    std::env::var_os("OOMSNAP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oomsnap")))
 }
 
 /// A running `oomsnap run`; SIGTERM (then SIGKILL) on drop.
@@ -290,12 +296,13 @@ fn parse_u64(buf: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-fn oom_kill_of(buf: &[u8]) -> u64 {
+/// The value of `key` in a flat-keyed cgroup file (0 when absent).
+fn keyed_of(buf: &[u8], key: &str) -> u64 {
     std::str::from_utf8(buf)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
                 .and_then(|n| n.trim().parse().ok())
         })
         .unwrap_or(0)
@@ -312,6 +319,10 @@ pub struct Timeline {
     pub cross80: Option<f64>,
     /// First sample with usage within 1 MiB of the limit.
     pub at_limit: Option<f64>,
+    /// First sample after the kernel counted usage hitting the limit (v2
+    /// `memory.events` `max`, v1 `memory.failcnt`): when v2's inotify on
+    /// `memory.events` would first wake a watcher.
+    pub first_max_event: Option<f64>,
     /// First sample with the `oom_kill` counter above its start value.
     pub kill: Option<f64>,
     pub peak_usage: u64,
@@ -322,8 +333,53 @@ pub struct Timeline {
     pub kill_gap_ms: Option<f64>,
 }
 
-/// Reads `memory.usage_in_bytes` and `memory.oom_control` every `every` on
-/// its own thread until the kill is seen or it is stopped.
+/// The files of one cgroup version the poller reads.
+struct PollFiles {
+    usage: fs::File,
+    /// `memory.events` (v2) or `memory.oom_control` (v1): `oom_kill`.
+    kills: fs::File,
+    /// `memory.events` `max` (v2) or `memory.failcnt` (v1).
+    max_events: fs::File,
+    max_key: Option<&'static str>,
+}
+
+impl PollFiles {
+    fn open(cg: &Path) -> PollFiles {
+        let open = |f: &str| fs::File::open(cg.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        if cg.join("memory.current").exists() {
+            PollFiles {
+                usage: open("memory.current"),
+                kills: open("memory.events"),
+                max_events: open("memory.events"),
+                max_key: Some("max"),
+            }
+        } else {
+            PollFiles {
+                usage: open("memory.usage_in_bytes"),
+                kills: open("memory.oom_control"),
+                max_events: open("memory.failcnt"),
+                max_key: None,
+            }
+        }
+    }
+
+    fn read(&self, buf: &mut [u8]) -> (u64, u64, u64) {
+        let n = self.usage.read_at(buf, 0).unwrap_or(0);
+        let u = parse_u64(&buf[..n]);
+        let n = self.kills.read_at(buf, 0).unwrap_or(0);
+        let k = keyed_of(&buf[..n], "oom_kill");
+        let n = self.max_events.read_at(buf, 0).unwrap_or(0);
+        let m = match self.max_key {
+            Some(key) => keyed_of(&buf[..n], key),
+            None => parse_u64(&buf[..n]),
+        };
+        (u, k, m)
+    }
+}
+
+/// Reads usage, the limit-hit counter and the OOM kill counter of a v1 or v2
+/// cgroup every `every` on its own thread until the kill is seen or it is
+/// stopped.
 pub struct Poller {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Timeline>>,
@@ -331,24 +387,19 @@ pub struct Poller {
 
 impl Poller {
     pub fn start(cg: &Path, limit: u64, every: Duration) -> Poller {
-        let usage = fs::File::open(cg.join("memory.usage_in_bytes")).expect("usage file");
-        let oom = fs::File::open(cg.join("memory.oom_control")).expect("oom_control");
+        let files = PollFiles::open(cg);
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::Builder::new()
             .name("bench-poller".into())
             .spawn(move || {
                 let mut t = Timeline::default();
-                let mut buf = [0u8; 256];
-                let n = oom.read_at(&mut buf, 0).unwrap_or(0);
-                let kills0 = oom_kill_of(&buf[..n]);
+                let mut buf = [0u8; 512];
+                let (_, kills0, max0) = files.read(&mut buf);
                 let thr80 = (limit as f64 * 0.8) as u64;
                 let mut last: Option<f64> = None;
                 while !s.load(Ordering::Relaxed) {
-                    let n = usage.read_at(&mut buf, 0).unwrap_or(0);
-                    let u = parse_u64(&buf[..n]);
-                    let n = oom.read_at(&mut buf, 0).unwrap_or(0);
-                    let k = oom_kill_of(&buf[..n]);
+                    let (u, k, m) = files.read(&mut buf);
                     let at = now();
                     t.samples += 1;
                     let gap = last.map(|l| (at - l) * 1e3).unwrap_or(0.0);
@@ -360,6 +411,9 @@ impl Poller {
                     }
                     if t.at_limit.is_none() && u + MIB >= limit {
                         t.at_limit = Some(at);
+                    }
+                    if t.first_max_event.is_none() && m > max0 {
+                        t.first_max_event = Some(at);
                     }
                     if k > kills0 {
                         t.kill = Some(at);
@@ -384,6 +438,99 @@ impl Poller {
     pub fn finish(mut self) -> Timeline {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().expect("poller thread")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A PSI trigger on memory.pressure (v2): would it warn early?
+// ---------------------------------------------------------------------------
+
+/// Registers a PSI trigger (`some <stall µs> <window µs>`) on a v2 cgroup's
+/// `memory.pressure` and timestamps (epoch seconds) its first event on a
+/// dedicated thread.
+pub struct PsiProbe {
+    first: Arc<Mutex<Option<f64>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl PsiProbe {
+    pub fn start(cg: &Path, stall_us: u64, window_us: u64) -> std::io::Result<PsiProbe> {
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(cg.join("memory.pressure"))?;
+        f.write_all(format!("some {stall_us} {window_us}\0").as_bytes())?;
+        let first = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fi, st) = (first.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("bench-psi".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    let mut p = libc::pollfd {
+                        fd: f.as_raw_fd(),
+                        events: libc::POLLPRI,
+                        revents: 0,
+                    };
+                    // SAFETY: one initialised pollfd on an fd we own.
+                    let r = unsafe { libc::poll(&mut p, 1, 50) };
+                    if r > 0 && p.revents & libc::POLLPRI != 0 {
+                        fi.lock().unwrap().get_or_insert(now());
+                        break;
+                    }
+                    if r > 0 && p.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                        break;
+                    }
+                }
+            })?;
+        Ok(PsiProbe {
+            first,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the probe; the first event's time, if any.
+    pub fn finish(mut self) -> Option<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        *self.first.lock().unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A v2 memory cgroup made by hand (inside the v2 VM)
+// ---------------------------------------------------------------------------
+
+/// A child of the v2 root with `memory.max` = `limit` and no swap; emptied
+/// (`cgroup.kill`) and removed on drop.
+pub struct V2Cgroup {
+    path: PathBuf,
+}
+
+impl V2Cgroup {
+    pub fn create(name: &str, limit: u64) -> V2Cgroup {
+        let path = Path::new("/sys/fs/cgroup").join(name);
+        fs::create_dir_all(&path).expect("mkdir v2 cgroup");
+        fs::write(path.join("memory.max"), limit.to_string()).expect("memory.max");
+        let _ = fs::write(path.join("memory.swap.max"), "0");
+        V2Cgroup { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for V2Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            fs::remove_dir(&self.path).is_ok() || !self.path.exists()
+        });
     }
 }
 
@@ -666,8 +813,10 @@ pub fn machine() -> serde_json::Value {
         .next()
         .unwrap_or_default()
         .to_string();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     serde_json::json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "loadavg": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "kernel": uname,
         "cpu": cpu,
         "memory": mem,

@@ -39,7 +39,7 @@ fn step(limit: Option<u64>) -> u64 {
 
 /// The sentinel's memory of the last full sample.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Pace {
+pub struct Pace {
     last_full: Option<(Instant, u64)>,
     limit: Option<u64>,
     /// The last full sample was a step above the one before it.
@@ -48,12 +48,12 @@ pub(crate) struct Pace {
 
 impl Pace {
     /// Forgets everything: the next tick takes a full sample.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         *self = Pace::default();
     }
 
     /// After a sentinel read of `usage` at `at`: is a full sample due?
-    pub(crate) fn needs_full(&self, at: Instant, usage: u64) -> bool {
+    pub fn needs_full(&self, at: Instant, usage: u64) -> bool {
         match self.last_full {
             None => true,
             Some((t, u)) => {
@@ -64,7 +64,7 @@ impl Pace {
     }
 
     /// Notes a full sample.
-    pub(crate) fn took_full(&mut self, at: Instant, usage: u64, limit: Option<u64>) {
+    pub fn took_full(&mut self, at: Instant, usage: u64, limit: Option<u64>) {
         self.rising = self
             .last_full
             .is_some_and(|(_, u)| usage >= u.saturating_add(step(limit)));
@@ -74,7 +74,7 @@ impl Pace {
 
     /// The next timeout: the fastest while the usage climbs in steps,
     /// otherwise [`poll_interval`].
-    pub(crate) fn interval(
+    pub fn interval(
         &self,
         percent: f64,
         next_rung: Option<f64>,
