@@ -116,7 +116,7 @@ pub const SHUTDOWN_GRACE: &str = "OOMSNAP_SHUTDOWN_GRACE";
 /// climbs. Default `2ms`.
 pub const POLL_MIN: &str = "OOMSNAP_POLL_MIN";
 /// Slowest poll interval, used far below the next rung; each tick reads
-/// only the usage file. Default `20ms`.
+/// only the usage file. Default `50ms`.
 pub const POLL_MAX: &str = "OOMSNAP_POLL_MAX";
 /// Use kernel wake-ups (eventfd, inotify) as well as polling. Default `true`.
 pub const KERNEL_WAKEUPS: &str = "OOMSNAP_KERNEL_WAKEUPS";
@@ -190,7 +190,7 @@ pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/podinfo/annotations";
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9186";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub const DEFAULT_POLL_MIN: Duration = Duration::from_millis(2);
-pub const DEFAULT_POLL_MAX: Duration = Duration::from_millis(20);
+pub const DEFAULT_POLL_MAX: Duration = Duration::from_millis(50);
 pub const DEFAULT_CONTAINER: &str = "app";
 
 /// Who may trigger a capture over the admin port.

@@ -70,7 +70,9 @@ fn sampling_and_deciding_allocate_nothing() {
             }
             let s = reader.read().unwrap();
             pace.took_full(s.at, s.usage, s.limit);
-            let d = trigger.observe(&s);
+            let news = pace.worth_observing(&s, i % 7 == 0);
+            pace.observed(&s);
+            let d = news.then(|| trigger.observe(&s)).flatten();
             let k = trigger.slope();
             let next = pace.interval(
                 s.percent(),

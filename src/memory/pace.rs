@@ -10,6 +10,14 @@
 //! limit since the last full sample, on a kernel wake-up, and at least every
 //! [`FULL_EVERY`] for `/status`.
 //!
+//! Not every full sample is news for the trigger. Its slope is a fit over
+//! the last second of samples, and one flat sample taken (for `/status`)
+//! just before a leak starts pulls the fitted slope of the leak down to a
+//! fraction of the real one, so "imminent" fires tens of points later. The
+//! trigger is therefore fed a full sample only when the working set moved by
+//! a step since the last one it saw, when the sample is past the next rung,
+//! or at least every [`OBSERVE_EVERY`] (for baselines).
+//!
 //! [`Pace`] keeps the last full sample's usage and time; [`poll_interval`]
 //! picks the next timeout from the distance to the next rung and the slope,
 //! and [`Pace::interval`] overrides it with the fastest interval while the
@@ -25,6 +33,10 @@ pub const FULL_EVERY: Duration = Duration::from_millis(500);
 /// The usage must move by this fraction of the limit since the last full
 /// sample before a tick takes another (0.5 %: 1.3 MiB of a 256 MiB limit).
 pub const MOVE_FRACTION: f64 = 0.005;
+
+/// The trigger sees a sample at least this often, moved or not (its
+/// baseline timer runs on samples).
+pub const OBSERVE_EVERY: Duration = Duration::from_secs(10);
 
 /// The step without a limit, when only samples for `/status` are wanted.
 const MOVE_WITHOUT_LIMIT: u64 = 1 << 20;
@@ -44,6 +56,8 @@ pub struct Pace {
     limit: Option<u64>,
     /// The last full sample was a step above the one before it.
     rising: bool,
+    /// The last sample the trigger saw: time and working set.
+    last_observed: Option<(Instant, u64)>,
 }
 
 impl Pace {
@@ -70,6 +84,25 @@ impl Pace {
             .is_some_and(|(_, u)| usage >= u.saturating_add(step(limit)));
         self.last_full = Some((at, usage));
         self.limit = limit;
+    }
+
+    /// Whether the trigger should see this full sample: the working set
+    /// moved a step since the last one it saw, the sample is past the next
+    /// rung (`crossing`), or it has seen nothing for [`OBSERVE_EVERY`].
+    pub fn worth_observing(&self, s: &super::Sample, crossing: bool) -> bool {
+        match self.last_observed {
+            None => true,
+            Some((t, ws)) => {
+                crossing
+                    || s.working_set.abs_diff(ws) >= step(s.limit)
+                    || s.at.saturating_duration_since(t) >= OBSERVE_EVERY
+            }
+        }
+    }
+
+    /// Notes that the trigger saw `s`.
+    pub fn observed(&mut self, s: &super::Sample) {
+        self.last_observed = Some((s.at, s.working_set));
     }
 
     /// The next timeout: the fastest while the usage climbs in steps,
@@ -173,6 +206,28 @@ mod tests {
         assert!(!p.needs_full(t, base + s - 1));
         assert!(p.needs_full(t, base + s));
         assert!(p.needs_full(t, base - s));
+    }
+
+    #[test]
+    fn only_samples_with_news_reach_the_trigger() {
+        use crate::memory::Sample;
+        let t0 = Instant::now();
+        let mut p = Pace::default();
+        let at = |ms: u64, pct: f64| {
+            Sample::synthetic(
+                t0 + Duration::from_millis(ms),
+                (LIMIT as f64 * pct / 100.0) as u64,
+                LIMIT,
+            )
+        };
+        assert!(p.worth_observing(&at(0, 10.0), false));
+        p.observed(&at(0, 10.0));
+        // Flat: not news, until the refresh for baselines is due.
+        assert!(!p.worth_observing(&at(500, 10.2), false));
+        assert!(p.worth_observing(&at(500, 10.2), true), "past a rung");
+        assert!(p.worth_observing(&at(500, 11.0), false), "moved");
+        assert!(p.worth_observing(&at(500, 9.0), false), "fell");
+        assert!(p.worth_observing(&at(10_000, 10.0), false), "refresh");
     }
 
     #[test]

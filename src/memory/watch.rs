@@ -521,11 +521,21 @@ impl Watcher {
             }
         }
 
-        if let Some(d) = self.trigger.observe(&sample) {
-            self.send(WatchEvent::Decision {
-                decision: d,
-                wake: self.wake,
-            });
+        // Only samples with news reach the trigger: a flat one would sit in
+        // its one-second slope window and dilute the slope of a leak that
+        // starts right after it.
+        let crossing = self
+            .trigger
+            .next_rung()
+            .is_some_and(|r| sample.percent() >= r);
+        if self.pace.worth_observing(&sample, crossing) {
+            self.pace.observed(&sample);
+            if let Some(d) = self.trigger.observe(&sample) {
+                self.send(WatchEvent::Decision {
+                    decision: d,
+                    wake: self.wake,
+                });
+            }
         }
         if let Ok(mut a) = self.state.armed.lock() {
             a.clear();
