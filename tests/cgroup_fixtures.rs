@@ -319,6 +319,17 @@ fn breakdown_of_a_v1_container_reads_the_totals() {
 }
 
 #[test]
+fn a_located_source_reads_its_breakdown() {
+    let src = locate(&LocateInput {
+        cgroup: Some(case("v2_vm_after_oom_kill")),
+        ..Default::default()
+    })
+    .unwrap();
+    let b = src.stat_breakdown().expect("a cgroup has one").unwrap();
+    assert_eq!(b.anon, Some(46567424));
+}
+
+#[test]
 fn breakdown_without_memory_stat_is_an_error_naming_it() {
     let err = StatBreakdown::read(&case("v2_missing_memory_stat")).unwrap_err();
     assert!(err.to_string().contains("memory.stat"), "{err}");

@@ -52,7 +52,7 @@ pub enum CgroupError {
 impl CgroupError {
     /// True when the cgroup itself is gone (the container was removed), as
     /// opposed to a file we cannot make sense of.
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         matches!(self, CgroupError::Io { source, .. }
             if source.kind() == std::io::ErrorKind::NotFound
                 || source.raw_os_error() == Some(libc::ENODEV))
@@ -60,7 +60,7 @@ impl CgroupError {
 }
 
 /// Detects the version from the files present.
-pub fn detect(dir: &Path) -> Result<Version, CgroupError> {
+pub(crate) fn detect(dir: &Path) -> Result<Version, CgroupError> {
     if dir.join("memory.current").exists() {
         Ok(Version::V2)
     } else if dir.join("memory.usage_in_bytes").exists() {
@@ -275,7 +275,7 @@ impl CgroupReader {
     }
 
     /// The cgroup's own limit, `None` when it has none.
-    pub fn read_limit(&mut self) -> Result<Option<u64>, CgroupError> {
+    pub(crate) fn read_limit(&mut self) -> Result<Option<u64>, CgroupError> {
         let content = self.limit.read(&mut self.buf[..])?;
         let parsed = match self.version {
             Version::V2 => parse_v2_limit(content),

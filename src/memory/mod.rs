@@ -108,8 +108,18 @@ impl MemorySource {
         }
     }
 
+    /// The full `memory.stat` breakdown, read now, for a capture's manifest
+    /// (allocates; never per sample). `None` for a process source, which
+    /// has no `memory.stat`.
+    pub fn stat_breakdown(&self) -> Option<Result<StatBreakdown, CgroupError>> {
+        match &self.kind {
+            SourceKind::Cgroup { dir, .. } => Some(StatBreakdown::read(dir)),
+            SourceKind::Process { .. } => None,
+        }
+    }
+
     /// Opens the source for sampling.
-    pub fn open(&self) -> Result<Reader, ReadError> {
+    pub(crate) fn open(&self) -> Result<Reader, ReadError> {
         match &self.kind {
             SourceKind::Cgroup { dir, .. } => Ok(Reader::Cgroup(CgroupReader::open(
                 dir,
@@ -125,7 +135,7 @@ impl MemorySource {
 
 /// Why a sample could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -134,7 +144,7 @@ pub enum ReadError {
 
 impl ReadError {
     /// The source disappeared (cgroup removed, process exited): locate again.
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         match self {
             ReadError::Cgroup(e) => e.is_gone(),
             ReadError::Process(e) => e.is_gone(),
@@ -143,14 +153,14 @@ impl ReadError {
 }
 
 /// An open source.
-pub enum Reader {
+pub(crate) enum Reader {
     Cgroup(CgroupReader),
     Process(proc::RssReader),
 }
 
 impl Reader {
     /// One full sample.
-    pub fn read(&mut self) -> Result<Sample, ReadError> {
+    pub(crate) fn read(&mut self) -> Result<Sample, ReadError> {
         match self {
             Reader::Cgroup(r) => Ok(r.read()?),
             Reader::Process(r) => Ok(r.read()?),
@@ -159,24 +169,16 @@ impl Reader {
 
     /// Whether [`Reader::read_usage`] is cheaper than a full sample (a
     /// process's RSS is one small file either way).
-    pub fn has_sentinel(&self) -> bool {
+    pub(crate) fn has_sentinel(&self) -> bool {
         matches!(self, Reader::Cgroup(_))
     }
 
     /// The usage alone: the sentinel read between full samples.
-    pub fn read_usage(&mut self) -> Result<u64, ReadError> {
+    pub(crate) fn read_usage(&mut self) -> Result<u64, ReadError> {
         match self {
             Reader::Cgroup(r) => Ok(r.read_usage()?),
             Reader::Process(r) => Ok(r.read()?.usage),
         }
     }
 
-    /// The full `memory.stat` breakdown, for a capture; `None` for a
-    /// process source, which has no `memory.stat`.
-    pub fn stat_breakdown(&self) -> Option<Result<StatBreakdown, ReadError>> {
-        match self {
-            Reader::Cgroup(r) => Some(r.stat_breakdown().map_err(ReadError::from)),
-            Reader::Process(_) => None,
-        }
-    }
 }

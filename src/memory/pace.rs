@@ -28,15 +28,15 @@
 use std::time::{Duration, Instant};
 
 /// A full sample is taken at least this often, whatever the sentinel says.
-pub const FULL_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const FULL_EVERY: Duration = Duration::from_millis(500);
 
 /// The usage must move by this fraction of the limit since the last full
 /// sample before a tick takes another (0.5 %: 1.3 MiB of a 256 MiB limit).
-pub const MOVE_FRACTION: f64 = 0.005;
+pub(crate) const MOVE_FRACTION: f64 = 0.005;
 
 /// The trigger sees a sample at least this often, moved or not (its
 /// baseline timer runs on samples).
-pub const OBSERVE_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const OBSERVE_EVERY: Duration = Duration::from_secs(10);
 
 /// The step without a limit, when only samples for `/status` are wanted.
 const MOVE_WITHOUT_LIMIT: u64 = 1 << 20;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::locate::LocateError;
 
 /// A persisting problem is logged again this often.
-pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const REPEAT_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the watcher cannot (fully) watch right now.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
