@@ -180,5 +180,4 @@ impl Reader {
             Reader::Process(r) => Ok(r.read()?.usage),
         }
     }
-
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::locate::{locate_watchable, LocateInput};
+use super::locate::{locate, locate_watchable, LocateInput};
 use super::notify::{wait, Notifier, Waker, Woke};
 use super::pace::Pace;
 use super::problem::{ProblemLog, SourceProblem};
@@ -270,6 +270,8 @@ struct Watcher {
     restarts: u32,
     /// The problem being reported, if any, and when it was last logged.
     problem: Option<SourceProblem>,
+    /// When a source without a limit next looks for a better one.
+    next_relocate: Instant,
     problem_log: ProblemLog,
 }
 
@@ -296,6 +298,7 @@ impl Watcher {
             backoff: LOCATE_BACKOFF_MIN,
             restarts: 0,
             problem: None,
+            next_relocate: Instant::now(),
             problem_log: ProblemLog::default(),
         }
     }
@@ -454,7 +457,7 @@ impl Watcher {
             *s = Some(sample);
         }
         self.observe(sample);
-        if self.target_restarted() {
+        if self.target_restarted() || self.found_better_source() {
             return;
         }
         self.interval = self.next_interval(&sample);
@@ -601,6 +604,51 @@ impl Watcher {
             self.cfg.poll_min,
             self.cfg.poll_max,
         )
+    }
+
+    /// While the source has no limit, a source with one may turn up (the
+    /// app was still starting when its unlimited neighbour was taken): the
+    /// strict strategies run again every [`LOCATE_BACKOFF_MAX`], and a
+    /// different source with a limit replaces the watched one. True when it
+    /// did (the next turn starts on it).
+    fn found_better_source(&mut self) -> bool {
+        let no_limit = self
+            .problem
+            .as_ref()
+            .is_some_and(|p| p.kind() == "no_limit");
+        let now = Instant::now();
+        if !no_limit || now < self.next_relocate {
+            return false;
+        }
+        self.next_relocate = now + LOCATE_BACKOFF_MAX;
+        let Ok(better) = locate(&self.cfg.locate) else {
+            return false;
+        };
+        if self
+            .located
+            .as_ref()
+            .is_some_and(|l| l.source.kind == better.kind)
+        {
+            return false;
+        }
+        match self.open(better) {
+            Ok(l) => {
+                tracing::info!(
+                    source = %l.source.describe(),
+                    strategy = l.source.strategy.name(),
+                    "a memory source with a limit was found; watching it instead"
+                );
+                if let Ok(mut s) = self.state.source.lock() {
+                    *s = Some(l.source.clone());
+                }
+                self.send(WatchEvent::Located(l.source.clone()));
+                self.located = Some(l);
+                self.pace.reset();
+                self.wake = Wake::Start;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Waits for the current interval; notes what ended the wait.
