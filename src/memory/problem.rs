@@ -15,9 +15,10 @@ use super::locate::LocateError;
 /// A persisting problem is logged again this often.
 pub(crate) const REPEAT_EVERY: Duration = Duration::from_secs(60);
 
-/// Why the watcher cannot (fully) watch right now.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Why the watcher cannot (fully) watch right now. It serialises as
+/// `{"kind": "locate", "cause": "explicit", "message": "…"}`: `kind` is
+/// [`SourceProblem::kind`], `cause` the variant, `message` the sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceProblem {
     /// No strategy found the app's memory; each strategy's reason.
     NotFound { why: String },
@@ -38,6 +39,30 @@ impl SourceProblem {
             SourceProblem::NoLimit { .. } => "no_limit",
             SourceProblem::Read { .. } => "read",
         }
+    }
+}
+
+impl SourceProblem {
+    /// The variant, in snake case: `not_found`, `explicit`, `no_limit`,
+    /// `read`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            SourceProblem::NotFound { .. } => "not_found",
+            SourceProblem::Explicit { .. } => "explicit",
+            SourceProblem::NoLimit { .. } => "no_limit",
+            SourceProblem::Read { .. } => "read",
+        }
+    }
+}
+
+impl serde::Serialize for SourceProblem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("SourceProblem", 3)?;
+        st.serialize_field("kind", self.kind())?;
+        st.serialize_field("cause", self.cause())?;
+        st.serialize_field("message", &self.to_string())?;
+        st.end()
     }
 }
 
@@ -126,6 +151,10 @@ mod tests {
             "no_limit"
         );
         assert_eq!(SourceProblem::Read { why: "r".into() }.kind(), "read");
+        let j = serde_json::to_value(&p).unwrap();
+        assert_eq!(j["kind"], "locate");
+        assert_eq!(j["cause"], "explicit");
+        assert!(j["message"].as_str().unwrap().contains("OOMSNAP_CGROUP=/x"));
     }
 
     #[test]
