@@ -88,7 +88,10 @@ pub async fn capture(config: Config) -> Result<(String, Manifest), OneshotError>
     capturer
         .fetch_all(&settings, &writer, &mut m, Instant::now(), &|| Some(sample))
         .await;
-    crate::summary::summarise(writer.dir(), spool.dir(), &mut m, false, None);
+    let cgroup = source
+        .as_ref()
+        .and_then(|s| crate::capture::cgroup_now(s, &mut m));
+    crate::summary::summarise(writer.dir(), spool.dir(), &mut m, false, cgroup);
     let finished = Capturer::finish(writer, &m).await;
     let bundle = spool
         .bundles()

@@ -153,6 +153,25 @@ impl Problems {
         }
     }
 
+    /// Records a problem another part has already logged at its own bounded
+    /// rate (the watcher thread), so it shows on `/status` and in the metric
+    /// without a second log line.
+    pub fn mirror(&self, kind: ProblemKind, message: impl Into<String>) {
+        let message = bounded(message.into());
+        if let Ok(mut active) = self.active.lock() {
+            let e = active.entry(kind).or_insert_with(|| Entry {
+                message: message.clone(),
+                since: SystemTime::now(),
+                last_logged: Instant::now(),
+                count: 0,
+            });
+            if e.message != message {
+                e.message = message;
+            }
+            e.count += 1;
+        }
+    }
+
     /// Clears a problem of `kind`, saying so once.
     pub fn clear(&self, kind: ProblemKind) {
         let gone = self.active.lock().ok().and_then(|mut a| a.remove(&kind));

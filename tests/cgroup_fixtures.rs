@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use oomsnap::memory::cgroup::{CgroupError, CgroupReader, Version};
-use oomsnap::memory::locate::{locate, LocateError, LocateInput, Strategy};
+use oomsnap::memory::locate::{locate, locate_watchable, LocateError, LocateInput, Strategy};
+use oomsnap::memory::StatBreakdown;
 
 const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const V2_POD: &str = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice";
@@ -81,12 +82,16 @@ fn v2_memory_max_is_unlimited_until_configured() {
     let dir = case("v2_memory_max_unlimited");
     assert_eq!(read(&dir, None).limit, None);
     assert_eq!(read(&dir, Some(1 << 30)).limit, Some(1 << 30));
-    let err = locate(&LocateInput {
-        cgroup: Some(dir),
+    let input = LocateInput {
+        cgroup: Some(dir.clone()),
         ..Default::default()
-    })
-    .unwrap_err();
+    };
+    let err = locate(&input).unwrap_err();
     assert!(err.to_string().contains("no memory limit"), "{err}");
+    // The watcher watches it anyway, and triggers once a limit appears.
+    let src = locate_watchable(&input).unwrap();
+    assert_eq!(src.strategy, Strategy::Explicit);
+    assert!(src.describe().ends_with("v2_memory_max_unlimited"));
 }
 
 #[test]
@@ -221,4 +226,111 @@ fn nothing_found_lists_every_strategy() {
     ] {
         assert!(msg.contains(s), "{s} missing from: {msg}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Captured in the v2 VM (tests/v2vm/capture_fixtures.sh): a 6.1 kernel's
+// cgroup v2 with a Go app in it.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn v2_vm_running_app() {
+    let dir = case("v2_vm_running");
+    let s = read(&dir, None);
+    assert_eq!((s.usage, s.working_set), (68571136, 68571136));
+    assert_eq!(s.limit, Some(268435456));
+    assert_eq!((s.anon, s.file), (Some(68210688), Some(0)));
+    assert_eq!(s.oom_kills, Some(0));
+    let mut r = CgroupReader::open(&dir, None).unwrap();
+    assert_eq!(r.read_usage().unwrap(), 68571136);
+}
+
+#[test]
+fn v2_vm_after_oom_kill_counts_the_kill() {
+    let s = read(&case("v2_vm_after_oom_kill"), None);
+    assert_eq!(s.oom_kills, Some(1));
+    assert_eq!(s.usage, 46878720);
+    assert_eq!(s.limit, Some(268435456));
+}
+
+#[test]
+fn v2_vm_unlimited_is_watched_but_has_no_limit() {
+    let dir = case("v2_vm_unlimited");
+    assert_eq!(read(&dir, None).limit, None);
+    let input = LocateInput {
+        cgroup: Some(dir),
+        ..Default::default()
+    };
+    assert!(matches!(locate(&input), Err(LocateError::Explicit { .. })));
+    assert!(locate_watchable(&input).is_ok());
+}
+
+#[test]
+fn breakdown_of_a_v2_vm_cgroup_names_the_kernels_share() {
+    let b = StatBreakdown::read(&case("v2_vm_running")).unwrap();
+    assert_eq!(b.version, Version::V2);
+    assert_eq!(b.anon, Some(68210688));
+    assert_eq!(b.anon_thp, Some(65011712));
+    assert_eq!(b.file, Some(0));
+    assert_eq!(b.kernel, Some(360448));
+    assert_eq!(b.kernel_stack, Some(65536));
+    assert_eq!(b.pagetables, Some(208896));
+    assert_eq!(b.sock, Some(0));
+    assert_eq!(b.slab(), Some(9160 + 46672));
+    assert_eq!((b.inactive_file, b.active_file), (Some(0), Some(0)));
+    assert_eq!(b.pgmajfault, Some(0));
+}
+
+#[test]
+fn breakdown_of_a_v2_container_with_page_cache() {
+    let dir = case("v2_containerd_container")
+        .join(V2_POD)
+        .join(V2_CONTAINER);
+    let b = CgroupReader::open(&dir, None)
+        .unwrap()
+        .stat_breakdown()
+        .unwrap();
+    assert_eq!((b.anon, b.file), (Some(251133952), Some(41943040)));
+    assert_eq!(
+        (b.active_file, b.inactive_file),
+        (Some(8388608), Some(33554432))
+    );
+    assert_eq!(b.kernel_stack, Some(655360));
+    assert_eq!(b.slab(), Some(1253376 + 794624));
+    assert_eq!(b.pgmajfault, Some(37));
+}
+
+#[test]
+fn breakdown_of_a_v1_container_reads_the_totals() {
+    let dir = case("v1_kubepods_burstable")
+        .join(V1_POD)
+        .join(V1_CONTAINER);
+    let b = StatBreakdown::read(&dir).unwrap();
+    assert_eq!(b.version, Version::V1);
+    assert_eq!((b.anon, b.file), (Some(131960832), Some(39239680)));
+    assert_eq!(
+        (b.active_file, b.inactive_file),
+        (Some(163840), Some(39075840))
+    );
+    assert_eq!(b.file_mapped, Some(4587520));
+    assert_eq!(b.shmem, Some(0));
+    // Not in v1's memory.stat, and no kmem file in the fixture.
+    assert_eq!((b.kernel, b.kernel_stack, b.slab()), (None, None, None));
+}
+
+#[test]
+fn a_located_source_reads_its_breakdown() {
+    let src = locate(&LocateInput {
+        cgroup: Some(case("v2_vm_after_oom_kill")),
+        ..Default::default()
+    })
+    .unwrap();
+    let b = src.stat_breakdown().expect("a cgroup has one").unwrap();
+    assert_eq!(b.anon, Some(46567424));
+}
+
+#[test]
+fn breakdown_without_memory_stat_is_an_error_naming_it() {
+    let err = StatBreakdown::read(&case("v2_missing_memory_stat")).unwrap_err();
+    assert!(err.to_string().contains("memory.stat"), "{err}");
 }

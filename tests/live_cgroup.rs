@@ -1,15 +1,20 @@
 //! The watcher against a real memory cgroup with a real Go app leaking in
-//! it until the kernel OOM-kills it.
+//! it until the kernel OOM-kills it; and the real `oomsnap run` riding out a
+//! wrong `OOMSNAP_CGROUP` and a cgroup without a limit until they are fixed.
 //!
 //! Needs root and a writable memory cgroup; skips loudly without them, and
 //! fails instead when `OOMSNAP_REQUIRE_LIVE=1` (CI sets it).
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{go_available, require_live, Leaker, MemCgroup};
+use common::{
+    find_file, go_available, require_live, temp_dir, wait_until, Leaker, MemCgroup, Oomsnap,
+};
+use oomsnap::config::{DEFAULT_POLL_MAX, DEFAULT_POLL_MIN};
 use oomsnap::memory::locate::{locate, LocateInput, Strategy};
 use oomsnap::memory::watch::{self, Wake, WatchConfig, WatchEvent, WatchState};
 use oomsnap::memory::SourceKind;
@@ -75,9 +80,10 @@ struct Run {
 
 /// Runs the watcher over a leak until the OOM kill; every event is stamped
 /// with the cgroup's oom_kill count at the moment it was received.
+/// `rate_mib` 0 is the fastest leak.
 fn watch_until_oom(
     kernel_wakeups: bool,
-    poll: Duration,
+    (poll_min, poll_max): (Duration, Duration),
     rate_mib: u32,
     lead: Duration,
 ) -> Option<Run> {
@@ -98,8 +104,8 @@ fn watch_until_oom(
             imminent: true,
             baseline_every: None,
         },
-        poll_min: Duration::from_millis(2).min(poll),
-        poll_max: poll,
+        poll_min,
+        poll_max,
         kernel_wakeups,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -154,7 +160,8 @@ fn ladder_fires_80_90_95_in_order_before_the_oom_kill_on_kernel_wakeups() {
     // Polling at most once a second far from the rungs: the eventfds wake
     // the watcher at each level of usage, and it polls fast from there
     // until the working set (usage less inactive file) follows.
-    let Some(run) = watch_until_oom(true, Duration::from_secs(1), 32, Duration::ZERO) else {
+    let poll = (DEFAULT_POLL_MIN, Duration::from_secs(1));
+    let Some(run) = watch_until_oom(true, poll, 32, Duration::ZERO) else {
         return;
     };
     let t = thresholds(&run);
@@ -175,7 +182,8 @@ fn ladder_fires_80_90_95_in_order_before_the_oom_kill_on_kernel_wakeups() {
 
 #[test]
 fn polling_alone_sees_every_rung_before_the_oom_kill() {
-    let Some(run) = watch_until_oom(false, Duration::from_millis(250), 32, Duration::ZERO) else {
+    let poll = (DEFAULT_POLL_MIN, Duration::from_millis(250));
+    let Some(run) = watch_until_oom(false, poll, 32, Duration::ZERO) else {
         return;
     };
     let t = thresholds(&run);
@@ -191,10 +199,32 @@ fn polling_alone_sees_every_rung_before_the_oom_kill() {
 
 #[test]
 fn a_fast_leak_fires_imminent_below_the_first_rung() {
-    let Some(run) = watch_until_oom(true, Duration::from_millis(2), 128, Duration::from_secs(2))
-    else {
+    let poll = (DEFAULT_POLL_MIN, Duration::from_millis(2));
+    let Some(run) = watch_until_oom(true, poll, 128, Duration::from_secs(2)) else {
         return;
     };
+    assert_first_decision_is_early_imminent(&run, 80.0);
+}
+
+/// The v2 situation at real speed: no kernel threshold, the fastest leak
+/// (from a few percent to the kill in about a tenth of a second). The idle
+/// ticks read only the usage; the first that sees the jump switches to the
+/// fastest interval, and the slope decides "imminent" well below the rung.
+#[test]
+fn polling_alone_fires_imminent_early_on_the_fastest_leak() {
+    let poll = (DEFAULT_POLL_MIN, DEFAULT_POLL_MAX);
+    let Some(run) = watch_until_oom(false, poll, 0, Duration::from_secs(2)) else {
+        return;
+    };
+    for (_, ev, _) in &run.events {
+        if let WatchEvent::Decision { wake, .. } = ev {
+            assert_ne!(*wake, Wake::Kernel, "kernel wake-ups were off");
+        }
+    }
+    assert_first_decision_is_early_imminent(&run, 70.0);
+}
+
+fn assert_first_decision_is_early_imminent(run: &Run, below: f64) {
     let first = run
         .events
         .iter()
@@ -204,11 +234,180 @@ fn a_fast_leak_fires_imminent_below_the_first_rung() {
         })
         .expect("a decision");
     assert_eq!(first.0.reason, Reason::Imminent, "events: {:?}", run.events);
-    assert!(first.0.sample.percent() < 80.0);
-    assert_eq!(first.1, 0);
+    assert!(
+        first.0.sample.percent() < below,
+        "imminent fired at {:.1}%",
+        first.0.sample.percent()
+    );
+    assert_eq!(first.1, 0, "the first decision came after the kill");
     eprintln!(
         "imminent fired at {:.1}% with {:?} predicted to OOM",
         first.0.sample.percent(),
         first.0.predicted_oom_in
     );
+}
+
+// ---------------------------------------------------------------------------
+// Degrade, never exit: the real `oomsnap run` with a source that is wrong
+// at start and fixed later.
+// ---------------------------------------------------------------------------
+
+/// A child cgroup made by hand (after oomsnap started); emptied and removed
+/// on drop, before its parent's guard runs.
+struct LateCgroup(PathBuf);
+
+impl Drop for LateCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let pids = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            if pids.trim().is_empty() {
+                break;
+            }
+            for p in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a process the test put in its own cgroup.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn run_env(cgroup: &Path, target: &str, dir: &Path) -> Vec<(String, String)> {
+    [
+        ("OOMSNAP_CGROUP", cgroup.display().to_string()),
+        ("OOMSNAP_TARGET", target.to_string()),
+        (
+            "OOMSNAP_STORE",
+            format!("file://{}", dir.join("store").display()),
+        ),
+        ("OOMSNAP_SPOOL_DIR", dir.join("spool").display().to_string()),
+        ("OOMSNAP_BASELINE_EVERY", "0".into()),
+        (
+            "OOMSNAP_ANNOTATIONS_FILE",
+            dir.join("none").display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The reasons of every capture oomsnap made, from the store and the spool.
+fn reasons(dir: &Path) -> Vec<String> {
+    common::files_under(dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "manifest.json"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter_map(|m| m["reason"].as_str().map(String::from))
+        .collect()
+}
+
+fn assert_alive_and_healthy(snap: &Oomsnap, when: &str) {
+    let (code, body) = snap.get("/healthz");
+    assert_eq!(code, 200, "{when}: /healthz {body}\n{}", snap.logs());
+}
+
+#[test]
+fn a_wrong_oomsnap_cgroup_that_later_becomes_valid_is_watched_without_a_restart() {
+    let Some(cg) = setup() else { return };
+    let late = cg.path().join("late");
+    let dir = temp_dir("late-cgroup");
+    // The app is up, but the configured cgroup does not exist yet.
+    let leaker = Leaker::spawn(None, &["-delay", "6s", "-rate", "64", "-max", "225"]);
+    let snap = Oomsnap::start(&["run"], &run_env(&late, &leaker.pprof_base(), dir.path()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_alive_and_healthy(&snap, "with a missing OOMSNAP_CGROUP");
+    let status = snap.status();
+    let problem = status["source_error"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("OOMSNAP_CGROUP=") && problem.contains("late"),
+        "/status does not name the problem: {status}"
+    );
+
+    // The cgroup appears (the container was created late); the leak starts
+    // in it. oomsnap finds it on its next retry and captures at 80 %.
+    std::fs::create_dir(&late).unwrap();
+    let _guard = LateCgroup(late.clone());
+    std::fs::write(late.join("memory.limit_in_bytes"), LIMIT.to_string()).unwrap();
+    std::fs::write(late.join("cgroup.procs"), leaker.pid().to_string()).unwrap();
+    let captured = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        reasons(dir.path()).iter().any(|r| r == "threshold-80")
+    });
+    assert!(
+        captured,
+        "no threshold-80 capture once the cgroup appeared; captures {:?}\n{}",
+        reasons(dir.path()),
+        snap.logs()
+    );
+    assert_alive_and_healthy(&snap, "after the cgroup appeared");
+    assert!(snap.status()["source_error"].is_null());
+    let logs = snap.logs();
+    let retries = logs.matches("cannot be watched").count();
+    assert!(
+        retries <= 2,
+        "the problem was logged {retries} times in seconds, not at a bounded rate:\n{logs}"
+    );
+}
+
+#[test]
+fn a_cgroup_without_a_limit_is_sampled_until_its_limit_is_set() {
+    let Some(cg) = setup() else { return };
+    // No limit at all: the test's own cgroup above has none either.
+    std::fs::write(cg.path().join("memory.limit_in_bytes"), "-1").unwrap();
+    let dir = temp_dir("no-limit");
+    let leaker = Leaker::spawn(Some(&cg), &["-rate", "256", "-max", "100"]);
+    let snap = Oomsnap::start(
+        &["run"],
+        &run_env(cg.path(), &leaker.pprof_base(), dir.path()),
+    );
+    let sampled = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        snap.status()["last_sample"]["usage_bytes"]
+            .as_u64()
+            .is_some_and(|u| u > 100 << 20)
+    });
+    assert!(sampled, "no samples without a limit: {}", snap.status());
+    assert_alive_and_healthy(&snap, "without a limit");
+    let status = snap.status();
+    assert!(status["last_sample"]["limit_bytes"].is_null(), "{status}");
+    let problem = status["source_error"].as_str().unwrap_or_default();
+    assert!(problem.contains("no memory limit"), "{status}");
+    assert!(
+        reasons(dir.path()).is_empty(),
+        "captured without a limit: {:?}",
+        reasons(dir.path())
+    );
+
+    // The limit is set at run time, above the usage but past 80 % of it.
+    let usage = cg.usage();
+    std::fs::write(
+        cg.path().join("memory.limit_in_bytes"),
+        (usage * 100 / 85).to_string(),
+    )
+    .unwrap();
+    // The kernel rounds it to whole pages.
+    let limit = cg.limit();
+    let captured = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        reasons(dir.path())
+            .iter()
+            .any(|r| r.starts_with("threshold-80"))
+    });
+    assert!(
+        captured,
+        "no capture once the limit appeared ({limit} bytes, usage {usage}); captures {:?}\n{}",
+        reasons(dir.path()),
+        snap.logs()
+    );
+    assert_alive_and_healthy(&snap, "after the limit appeared");
+    let status = snap.status();
+    assert!(status["source_error"].is_null(), "{status}");
+    assert_eq!(status["last_sample"]["limit_bytes"].as_u64(), Some(limit));
+    assert!(find_file(dir.path(), "heap.pb.gz").is_some());
+    assert_eq!(cg.oom_kill_count(), 0);
 }

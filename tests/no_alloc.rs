@@ -1,25 +1,32 @@
-//! The watcher's hot path — read a sample, feed the trigger, pick the next
-//! interval — allocates nothing per sample. Counted with a global allocator
-//! over a real cgroup file tree.
+//! The watcher's hot path allocates nothing per sample: the sentinel read,
+//! the pace decision, the full sample, the trigger and the next interval.
+//! Counted with a global allocator over real cgroup file trees; only the
+//! test's own thread is counted (the test harness's threads allocate as
+//! they please).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
 use std::time::Duration;
 
 use oomsnap::memory::cgroup::CgroupReader;
-use oomsnap::memory::watch::poll_interval;
+use oomsnap::memory::pace::Pace;
 use oomsnap::trigger::{Policy, Trigger};
 
 struct Counting;
 
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        // try_with: a thread being torn down has no locals left.
+        let _ = COUNTING.try_with(|c| {
+            if c.get() {
+                let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+            }
+        });
         // SAFETY: forwarding to the system allocator with the same layout.
         unsafe { System.alloc(l) }
     }
@@ -35,7 +42,11 @@ static A: Counting = Counting;
 #[test]
 fn sampling_and_deciding_allocate_nothing() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/cgroup");
-    for case in ["v1_after_oom_kill", "v2_inactive_file_exceeds_usage"] {
+    for case in [
+        "v1_after_oom_kill",
+        "v2_inactive_file_exceeds_usage",
+        "v2_vm_after_oom_kill",
+    ] {
         let mut reader = CgroupReader::open(&root.join(case), None).unwrap();
         let mut trigger = Trigger::new(Policy {
             thresholds: vec![80.0, 90.0, 95.0],
@@ -44,29 +55,39 @@ fn sampling_and_deciding_allocate_nothing() {
             imminent: true,
             baseline_every: None,
         });
+        let mut pace = Pace::default();
         // Warm up: the first call may size internal buffers.
         let s = reader.read().unwrap();
         trigger.observe(&s);
-        ALLOCS.store(0, Ordering::Relaxed);
-        COUNTING.store(true, Ordering::Relaxed);
+        pace.took_full(s.at, s.usage, s.limit);
+        ALLOCS.with(|a| a.set(0));
+        COUNTING.with(|c| c.set(true));
         let mut sink = 0u64;
-        for _ in 0..1000 {
+        for i in 0..1000 {
+            let usage = reader.read_usage().unwrap();
+            let now = std::time::Instant::now();
+            if !pace.needs_full(now, usage) && i % 2 == 0 {
+                continue;
+            }
             let s = reader.read().unwrap();
-            let d = trigger.observe(&s);
+            pace.took_full(s.at, s.usage, s.limit);
+            let news = pace.worth_observing(&s, i % 7 == 0);
+            pace.observed(&s);
+            let d = news.then(|| trigger.observe(&s)).flatten();
             let k = trigger.slope();
-            let i = poll_interval(
+            let next = pace.interval(
                 s.percent(),
                 trigger.next_rung(),
                 k,
                 Duration::from_millis(2),
-                Duration::from_millis(500),
+                Duration::from_millis(20),
             );
-            sink = sink.wrapping_add(s.working_set + i.as_nanos() as u64 + d.is_some() as u64);
+            sink = sink.wrapping_add(s.working_set + next.as_nanos() as u64 + d.is_some() as u64);
         }
-        COUNTING.store(false, Ordering::Relaxed);
+        COUNTING.with(|c| c.set(false));
         assert!(sink > 0);
         assert_eq!(
-            ALLOCS.load(Ordering::Relaxed),
+            ALLOCS.with(|a| a.get()),
             0,
             "{case}: the hot path allocated"
         );

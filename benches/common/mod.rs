@@ -1,7 +1,9 @@
 //! Code the benchmarks share: the oomsnap process guard, a high-frequency
-//! cgroup poller that timestamps the 80 % crossing and the kernel's OOM kill,
+//! cgroup poller (v1 or v2) that timestamps the 80 % crossing, the first
+//! time usage hits the limit and the kernel's OOM kill, a PSI trigger probe,
 //! a v1 threshold eventfd that timestamps crossings, a fake pprof server that
-//! timestamps request arrivals, statistics and the JSON/Markdown output.
+//! timestamps request arrivals, the v2 VM runner ([`v2vm`]), statistics and
+//! the JSON/Markdown output.
 //!
 //! The Go leaker, memory cgroups and small helpers come from the integration
 //! test harness (`tests/common/mod.rs`), included as `harness`.
@@ -9,17 +11,19 @@
 
 #[path = "../../tests/common/mod.rs"]
 pub mod harness;
+pub mod kernel;
+pub mod v2vm;
+
+#[allow(unused_imports)]
+pub use kernel::{CrossingClock, Poller, PsiProbe, Timeline, V2Cgroup};
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[allow(unused_imports)]
@@ -90,9 +94,12 @@ pub fn parse_ts(s: &str) -> Option<f64> {
 // The oomsnap process
 // ---------------------------------------------------------------------------
 
-/// The release binary cargo built for this bench (`target/release/oomsnap`).
+/// The release binary cargo built for this bench (`target/release/oomsnap`),
+/// or `OOMSNAP_BIN` (inside the v2 VM, where cargo's path does not exist).
 pub fn oomsnap_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_oomsnap"))
+    std::env::var_os("OOMSNAP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oomsnap")))
 }
 
 /// A running `oomsnap run`; SIGTERM (then SIGKILL) on drop.
@@ -281,198 +288,6 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
-}
-
-fn parse_u64(buf: &[u8]) -> u64 {
-    std::str::from_utf8(buf)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn oom_kill_of(buf: &[u8]) -> u64 {
-    std::str::from_utf8(buf)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------
-// The high-frequency poller
-// ---------------------------------------------------------------------------
-
-/// What the poller saw, wall-clock epoch seconds.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Timeline {
-    /// First sample with usage ≥ 80 % of the limit.
-    pub cross80: Option<f64>,
-    /// First sample with usage within 1 MiB of the limit.
-    pub at_limit: Option<f64>,
-    /// First sample with the `oom_kill` counter above its start value.
-    pub kill: Option<f64>,
-    pub peak_usage: u64,
-    pub samples: u64,
-    /// The longest gap between two samples (the poller's worst resolution).
-    pub max_gap_ms: f64,
-    /// The gap before the sample that saw the kill.
-    pub kill_gap_ms: Option<f64>,
-}
-
-/// Reads `memory.usage_in_bytes` and `memory.oom_control` every `every` on
-/// its own thread until the kill is seen or it is stopped.
-pub struct Poller {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Timeline>>,
-}
-
-impl Poller {
-    pub fn start(cg: &Path, limit: u64, every: Duration) -> Poller {
-        let usage = fs::File::open(cg.join("memory.usage_in_bytes")).expect("usage file");
-        let oom = fs::File::open(cg.join("memory.oom_control")).expect("oom_control");
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("bench-poller".into())
-            .spawn(move || {
-                let mut t = Timeline::default();
-                let mut buf = [0u8; 256];
-                let n = oom.read_at(&mut buf, 0).unwrap_or(0);
-                let kills0 = oom_kill_of(&buf[..n]);
-                let thr80 = (limit as f64 * 0.8) as u64;
-                let mut last: Option<f64> = None;
-                while !s.load(Ordering::Relaxed) {
-                    let n = usage.read_at(&mut buf, 0).unwrap_or(0);
-                    let u = parse_u64(&buf[..n]);
-                    let n = oom.read_at(&mut buf, 0).unwrap_or(0);
-                    let k = oom_kill_of(&buf[..n]);
-                    let at = now();
-                    t.samples += 1;
-                    let gap = last.map(|l| (at - l) * 1e3).unwrap_or(0.0);
-                    t.max_gap_ms = t.max_gap_ms.max(gap);
-                    last = Some(at);
-                    t.peak_usage = t.peak_usage.max(u);
-                    if t.cross80.is_none() && u >= thr80 {
-                        t.cross80 = Some(at);
-                    }
-                    if t.at_limit.is_none() && u + MIB >= limit {
-                        t.at_limit = Some(at);
-                    }
-                    if k > kills0 {
-                        t.kill = Some(at);
-                        t.kill_gap_ms = Some(gap);
-                        break;
-                    }
-                    std::thread::sleep(every);
-                }
-                t
-            })
-            .expect("spawn poller");
-        Poller {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.handle.as_ref().is_none_or(|h| h.is_finished())
-    }
-
-    pub fn finish(mut self) -> Timeline {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().unwrap().join().expect("poller thread")
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A v1 usage threshold eventfd: the kernel's own crossing time
-// ---------------------------------------------------------------------------
-
-/// Timestamps (monotonic) each upward crossing of `threshold` bytes, as the
-/// kernel reports it through `cgroup.event_control`, on a dedicated thread.
-pub struct CrossingClock {
-    efd: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
-    pub ups: Arc<Mutex<Vec<Instant>>>,
-    pub downs: Arc<Mutex<Vec<Instant>>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl CrossingClock {
-    pub fn start(cg: &Path, threshold: u64) -> std::io::Result<CrossingClock> {
-        // SAFETY: eventfd returns a new fd or -1.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
-        let usage = fs::File::open(cg.join("memory.usage_in_bytes"))?;
-        let mut control = fs::OpenOptions::new()
-            .write(true)
-            .open(cg.join("cgroup.event_control"))?;
-        control.write_all(
-            format!("{} {} {}", efd.as_raw_fd(), usage.as_raw_fd(), threshold).as_bytes(),
-        )?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let ups = Arc::new(Mutex::new(Vec::new()));
-        let downs = Arc::new(Mutex::new(Vec::new()));
-        let (e, s, u, d) = (efd.clone(), stop.clone(), ups.clone(), downs.clone());
-        let handle = std::thread::Builder::new()
-            .name("bench-crossing".into())
-            .spawn(move || {
-                let _keep = usage;
-                let mut buf = [0u8; 64];
-                loop {
-                    let mut v = 0u64;
-                    // SAFETY: reading 8 bytes into a u64 from a blocking eventfd.
-                    let r = unsafe { libc::read(e.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-                    let at = Instant::now();
-                    if s.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if r != 8 {
-                        continue;
-                    }
-                    let n = _keep.read_at(&mut buf, 0).unwrap_or(0);
-                    if parse_u64(&buf[..n]) >= threshold {
-                        u.lock().unwrap().push(at);
-                    } else {
-                        d.lock().unwrap().push(at);
-                    }
-                }
-            })?;
-        Ok(CrossingClock {
-            efd,
-            stop,
-            ups,
-            downs,
-            handle: Some(handle),
-        })
-    }
-
-    pub fn up_count(&self) -> usize {
-        self.ups.lock().unwrap().len()
-    }
-
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a u64 to our eventfd.
-        unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for CrossingClock {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -666,8 +481,10 @@ pub fn machine() -> serde_json::Value {
         .next()
         .unwrap_or_default()
         .to_string();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     serde_json::json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "loadavg": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "kernel": uname,
         "cpu": cpu,
         "memory": mem,

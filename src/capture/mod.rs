@@ -522,6 +522,39 @@ pub fn draft(
     }
 }
 
+/// The cgroup's memory now, for the capture's breakdown; its `memory.stat`
+/// in detail goes into the manifest. Blocking (a few file reads).
+pub fn cgroup_now(
+    source: &crate::memory::MemorySource,
+    m: &mut Manifest,
+) -> Option<crate::breakdown::CgroupMemory> {
+    let stat = match source.stat_breakdown()? {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read memory.stat for the breakdown");
+            return None;
+        }
+    };
+    let now = source.open().ok()?.read().ok()?;
+    m.cgroup_memory = serde_json::to_value(&stat).ok();
+    let parts = [
+        stat.kernel_stack,
+        stat.pagetables,
+        stat.percpu,
+        stat.slab(),
+        stat.vmalloc,
+    ];
+    Some(crate::breakdown::CgroupMemory {
+        usage: now.usage,
+        working_set: now.working_set,
+        anon: stat.anon,
+        active_file: stat.active_file,
+        kernel: stat.kernel,
+        kernel_parts: parts.iter().flatten().copied().reduce(u64::saturating_add),
+        sock: stat.sock,
+    })
+}
+
 /// The first bytes of a body, printable.
 fn quote(b: &[u8]) -> String {
     let s: String = String::from_utf8_lossy(&b[..b.len().min(QUOTE)])

@@ -72,9 +72,11 @@ pub const MANUAL_RATE_BURST: &str = "OOMSNAP_MANUAL_RATE_BURST";
 pub const STRICT: &str = "OOMSNAP_STRICT";
 /// Time to finish uploads on SIGTERM. Default `20s`.
 pub const SHUTDOWN_GRACE: &str = "OOMSNAP_SHUTDOWN_GRACE";
-/// Fastest poll interval, used near the first rung. Default `2ms`.
+/// Fastest poll interval, used near the next rung and while the usage
+/// climbs. Default `2ms`.
 pub const POLL_MIN: &str = "OOMSNAP_POLL_MIN";
-/// Slowest poll interval, used far below the first rung. Default `500ms`.
+/// Slowest poll interval, used far below the next rung; each tick reads
+/// only the usage file. Default `50ms`.
 pub const POLL_MAX: &str = "OOMSNAP_POLL_MAX";
 /// Use kernel wake-ups (eventfd, inotify) as well as polling. Default `true`.
 pub const KERNEL_WAKEUPS: &str = "OOMSNAP_KERNEL_WAKEUPS";
@@ -162,5 +164,5 @@ pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/podinfo/annotations";
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9186";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub const DEFAULT_POLL_MIN: Duration = Duration::from_millis(2);
-pub const DEFAULT_POLL_MAX: Duration = Duration::from_millis(500);
+pub const DEFAULT_POLL_MAX: Duration = Duration::from_millis(50);
 pub const DEFAULT_CONTAINER: &str = "app";

@@ -30,7 +30,10 @@ fn sizes_accept_kubernetes_and_binary_units() {
     assert_eq!(parse_size("1E").unwrap(), 1_000_000_000_000_000_000);
     assert_eq!(parse_size("2Pi").unwrap(), 2 << 50);
     assert_eq!(parse_size("512000m").unwrap(), 512);
-    assert_eq!(parse_memory_limit("512m").unwrap_err(), "it must be at least one byte");
+    assert_eq!(
+        parse_memory_limit("512m").unwrap_err(),
+        "it must be at least one byte"
+    );
     assert!(parse_size("1e99").is_err());
 }
 
@@ -44,7 +47,9 @@ fn percent_lists_must_ascend() {
     assert!(parse_percent_list("90,80").is_err());
     assert!(parse_percent_list("80,80").is_err());
     assert!(parse_percent_list("120").is_err());
-    assert!(parse_percent_list("100").unwrap_err().contains("can never fire"));
+    assert!(parse_percent_list("100")
+        .unwrap_err()
+        .contains("can never fire"));
     assert!(parse_percent_list("").is_err());
 }
 

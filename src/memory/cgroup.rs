@@ -1,9 +1,10 @@
 //! Reads one memory cgroup (v1 or v2) into [`Sample`]s.
 //!
 //! A cgroup directory enters; [`CgroupReader::read`] returns a `Sample` per
-//! call. The files are opened once and re-read with `pread` at offset 0 into
-//! a buffer owned by the reader, so a sample costs four small syscalls and no
-//! allocation. The parsers are pure functions over bytes so the fixture trees
+//! call, and [`CgroupReader::read_usage`] the usage alone (the watcher's
+//! cheap sentinel between samples). The files are opened once and re-read
+//! with `pread` at offset 0 into a buffer owned by the reader, so a sample
+//! costs four small syscalls, the sentinel one, and neither allocates. The parsers are pure functions over bytes so the fixture trees
 //! in `tests/data/cgroup/` test them against real kernel files.
 //!
 //! We read the files directly instead of using `cgroups-rs`: that crate maps
@@ -23,7 +24,7 @@ use super::Sample;
 pub const V1_UNLIMITED_FLOOR: u64 = 1 << 62;
 
 /// Which cgroup interface a directory speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Version {
     V1,
@@ -51,7 +52,7 @@ pub enum CgroupError {
 impl CgroupError {
     /// True when the cgroup itself is gone (the container was removed), as
     /// opposed to a file we cannot make sense of.
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         matches!(self, CgroupError::Io { source, .. }
             if source.kind() == std::io::ErrorKind::NotFound
                 || source.raw_os_error() == Some(libc::ENODEV))
@@ -59,7 +60,7 @@ impl CgroupError {
 }
 
 /// Detects the version from the files present.
-pub fn detect(dir: &Path) -> Result<Version, CgroupError> {
+pub(crate) fn detect(dir: &Path) -> Result<Version, CgroupError> {
     if dir.join("memory.current").exists() {
         Ok(Version::V2)
     } else if dir.join("memory.usage_in_bytes").exists() {
@@ -257,21 +258,24 @@ impl CgroupReader {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn version(&self) -> Version {
         self.version
     }
 
-    /// The file whose value drops to zero and fires the OOM killer.
-    pub fn usage_file(&self) -> &Path {
-        &self.usage.path
+    /// The usage alone, one `pread`: the sentinel between full samples.
+    pub fn read_usage(&mut self) -> Result<u64, CgroupError> {
+        let content = self.usage.read(&mut self.buf[..])?;
+        parse_u64(content).ok_or_else(|| self.usage.parse_err(content, "a number of bytes"))
+    }
+
+    /// The full `memory.stat` breakdown (allocates; for a capture, never
+    /// per sample).
+    pub fn stat_breakdown(&self) -> Result<super::StatBreakdown, CgroupError> {
+        super::StatBreakdown::read(&self.dir)
     }
 
     /// The cgroup's own limit, `None` when it has none.
-    pub fn read_limit(&mut self) -> Result<Option<u64>, CgroupError> {
+    pub(crate) fn read_limit(&mut self) -> Result<Option<u64>, CgroupError> {
         let content = self.limit.read(&mut self.buf[..])?;
         let parsed = match self.version {
             Version::V2 => parse_v2_limit(content),
@@ -293,10 +297,7 @@ impl CgroupReader {
     pub fn read(&mut self) -> Result<Sample, CgroupError> {
         let at = Instant::now();
         let wall = SystemTime::now();
-        let usage = {
-            let content = self.usage.read(&mut self.buf[..])?;
-            parse_u64(content).ok_or_else(|| self.usage.parse_err(content, "a number of bytes"))?
-        };
+        let usage = self.read_usage()?;
         let own_limit = self.read_limit()?;
         let stat = match &self.stat {
             Some(f) => parse_stat(self.version, f.read(&mut self.buf[..])?),

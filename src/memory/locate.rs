@@ -15,6 +15,16 @@
 //!
 //! A cgroup without a limit is passed over (unless `OOMSNAP_MEMORY_LIMIT`
 //! fills in), so an unlimited cgroup never silently "never triggers".
+//! [`locate`] is strict (for `oomsnap check`): nothing with a limit is an
+//! error. The watcher uses [`locate_watchable`], which falls back to the
+//! first unlimited cgroup it passed over, samples it, reports the missing
+//! limit, and starts triggering the moment a limit appears.
+//!
+//! A target in another cgroup namespace (each container of a pod on cgroup
+//! v2) shows in our `/proc/<pid>/cgroup` as `/../<its cgroup>`. Its own
+//! mount, `/proc/<pid>/root/sys/fs/cgroup`, is then its cgroup; and under a
+//! hostPath of the node's cgroupfs the path is resolved in the pod
+//! directories `POD_UID` names.
 
 use std::path::{Path, PathBuf};
 
@@ -79,13 +89,14 @@ pub enum LocateError {
     Explicit { dir: PathBuf, why: String },
     #[error("no memory source was found:\n{0}")]
     NotFound(String),
-    #[error("memory was found but no limit is known ({found}); set OOMSNAP_MEMORY_LIMIT (in Kubernetes, from the app container's limits.memory through resourceFieldRef):\n{tried}")]
+    #[error("memory was found but no limit is known ({found} has no memory limit); set OOMSNAP_MEMORY_LIMIT (in Kubernetes, from the app container's limits.memory through resourceFieldRef):\n{tried}")]
     NoLimit { found: String, tried: String },
 }
 
 struct Tried {
     lines: Vec<String>,
-    unlimited: Option<String>,
+    /// The first cgroup passed over for having no limit.
+    unlimited: Option<MemorySource>,
 }
 
 impl Tried {
@@ -97,31 +108,116 @@ impl Tried {
     }
 }
 
-/// Checks that `dir` is a memory cgroup with a limit (or a fallback).
-fn usable(dir: &Path, fallback: Option<u64>) -> Result<cgroup::Version, String> {
+/// What a candidate directory turned out to be.
+enum Usable {
+    Limited(cgroup::Version),
+    /// A readable memory cgroup without a limit: the sentence says so.
+    Unlimited(cgroup::Version, String),
+}
+
+/// Checks that `dir` is a readable memory cgroup, and whether it has a limit
+/// (or a fallback).
+fn usable(dir: &Path, fallback: Option<u64>) -> Result<Usable, String> {
     let version = cgroup::detect(dir).map_err(|e| e.to_string())?;
     let mut r = CgroupReader::open(dir, fallback).map_err(|e| e.to_string())?;
     let s = r.read().map_err(|e| e.to_string())?;
-    if s.limit.is_none() {
-        return Err(format!(
-            "{} has no memory limit and OOMSNAP_MEMORY_LIMIT is not set",
-            dir.display()
-        ));
-    }
-    Ok(version)
+    Ok(match s.limit {
+        Some(_) => Usable::Limited(version),
+        None => Usable::Unlimited(
+            version,
+            format!(
+                "{} has no memory limit and OOMSNAP_MEMORY_LIMIT is not set",
+                dir.display()
+            ),
+        ),
+    })
 }
 
-/// Joins a `/proc/<pid>/cgroup` path under a cgroupfs mount.
+/// A `/proc/<pid>/cgroup` path split into how many levels it climbs above
+/// the reader's cgroup namespace root (`/../x` is 1) and the rest.
+fn climb(path: &str) -> (usize, &str) {
+    let mut rest = path.trim_start_matches('/');
+    let mut up = 0;
+    while let Some(r) = rest.strip_prefix("..") {
+        if !(r.is_empty() || r.starts_with('/')) {
+            break;
+        }
+        up += 1;
+        rest = r.trim_start_matches('/');
+    }
+    (up, rest)
+}
+
+/// Joins a `/proc/<pid>/cgroup` path under a cgroupfs mount. A path that
+/// climbs above our namespace root cannot be joined: it yields nothing.
 fn under(base: &Path, paths: &CgroupPaths) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(p) = &paths.v1_memory {
-        out.push(base.join("memory").join(p.trim_start_matches('/')));
+    if let Some((0, p)) = paths.v1_memory.as_deref().map(climb) {
+        out.push(base.join("memory").join(p));
     }
-    if let Some(p) = &paths.unified {
-        out.push(base.join(p.trim_start_matches('/')));
-        out.push(base.join("unified").join(p.trim_start_matches('/')));
+    if let Some((0, p)) = paths.unified.as_deref().map(climb) {
+        out.push(base.join(p));
+        out.push(base.join("unified").join(p));
     }
     out
+}
+
+/// Where a target outside our cgroup namespace may have its memory: its
+/// own cgroupfs mount (its namespace root is its container's cgroup), then
+/// the path resolved in the pod directories under the cgroupfs root.
+fn foreign(pid: u32, paths: &CgroupPaths, input: &LocateInput) -> Vec<PathBuf> {
+    let own_mount = PathBuf::from(format!("/proc/{pid}/root/sys/fs/cgroup"));
+    let mut out = Vec::new();
+    let pods: Vec<PathBuf> = input
+        .pod_uid
+        .as_deref()
+        .map(|uid| {
+            pod_dirs(&input.cgroup_root, uid)
+                .into_iter()
+                .filter(|d| d.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some((up, p)) = paths.v1_memory.as_deref().map(climb) {
+        if up > 0 {
+            out.push(own_mount.join("memory"));
+            out.extend(pods.iter().map(|pod| pod.join(p)));
+        }
+    }
+    if let Some((up, p)) = paths.unified.as_deref().map(climb) {
+        if up > 0 {
+            out.push(own_mount.clone());
+            out.push(own_mount.join("unified"));
+            out.extend(pods.iter().map(|pod| pod.join(p)));
+        }
+    }
+    out
+}
+
+/// Tries candidate directories in order: the first with a limit wins; the
+/// first without one is remembered in `tried`. Returns the winner or every
+/// reason.
+fn first_usable(
+    candidates: Vec<PathBuf>,
+    strategy: Strategy,
+    pid: Option<ProcessId>,
+    input: &LocateInput,
+    tried: &mut Tried,
+) -> Result<MemorySource, Vec<String>> {
+    let mut why = Vec::new();
+    for dir in candidates {
+        match usable(&dir, input.memory_limit) {
+            Ok(Usable::Limited(v)) => return Ok(source(dir, v, strategy, pid, input, tried)),
+            Ok(Usable::Unlimited(v, e)) => {
+                if tried.unlimited.is_none() {
+                    tried.unlimited = Some(source(dir, v, strategy, pid, input, tried));
+                }
+                why.push(e)
+            }
+            Err(e) => why.push(e),
+        }
+    }
+    Err(why)
 }
 
 fn source(
@@ -153,7 +249,7 @@ fn source(
 
 /// The pod directories `POD_UID` may live in, for both cgroup drivers and
 /// every QoS class.
-pub fn pod_dirs(root: &Path, uid: &str) -> Vec<PathBuf> {
+pub(crate) fn pod_dirs(root: &Path, uid: &str) -> Vec<PathBuf> {
     let us = uid.replace('-', "_");
     let mut out = Vec::new();
     for base in [root.to_path_buf(), root.join("memory")] {
@@ -208,8 +304,26 @@ fn find_target(input: &LocateInput) -> Result<ProcessId, String> {
     }
 }
 
-/// Runs the strategies in order; the first usable source wins.
+/// Runs the strategies in order; the first source with a limit wins.
+/// Strict: memory without a limit is an error ([`LocateError::NoLimit`]).
 pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
+    run(input).map_err(|(e, _)| e)
+}
+
+/// Like [`locate`], but when the only memory found has no limit, that
+/// memory is the answer: the watcher samples it and reports the missing
+/// limit until one appears. Still an error when nothing is found at all.
+pub fn locate_watchable(input: &LocateInput) -> Result<MemorySource, LocateError> {
+    match run(input) {
+        Ok(s) => Ok(s),
+        Err((LocateError::NoLimit { .. } | LocateError::Explicit { .. }, Some(s))) => Ok(*s),
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// The strategies in order. An error carries the unlimited source it passed
+/// over, if any.
+fn run(input: &LocateInput) -> Result<MemorySource, (LocateError, Option<Box<MemorySource>>)> {
     let mut tried = Tried {
         lines: Vec::new(),
         unlimited: None,
@@ -219,7 +333,7 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
     // 1. Explicit.
     if let Some(dir) = &input.cgroup {
         return match usable(dir, fallback) {
-            Ok(v) => Ok(source(
+            Ok(Usable::Limited(v)) => Ok(source(
                 dir.clone(),
                 v,
                 Strategy::Explicit,
@@ -227,10 +341,27 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
                 input,
                 &tried,
             )),
-            Err(why) => Err(LocateError::Explicit {
-                dir: dir.clone(),
-                why,
-            }),
+            Ok(Usable::Unlimited(v, why)) => Err((
+                LocateError::Explicit {
+                    dir: dir.clone(),
+                    why,
+                },
+                Some(Box::new(source(
+                    dir.clone(),
+                    v,
+                    Strategy::Explicit,
+                    None,
+                    input,
+                    &tried,
+                ))),
+            )),
+            Err(why) => Err((
+                LocateError::Explicit {
+                    dir: dir.clone(),
+                    why,
+                },
+                None,
+            )),
         };
     }
     tried.note(Strategy::Explicit, "OOMSNAP_CGROUP is not set");
@@ -247,35 +378,31 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
                     &paths,
                 );
                 candidates.extend(under(&input.cgroup_root, &paths));
-                let mut why = Vec::new();
-                for dir in candidates {
-                    match usable(&dir, fallback) {
-                        Ok(v) => {
-                            return Ok(source(
-                                dir,
-                                v,
-                                Strategy::TargetProcess,
-                                Some(*pid),
-                                input,
-                                &tried,
-                            ))
-                        }
-                        Err(e) => {
-                            if e.contains("no memory limit") {
-                                tried.unlimited.get_or_insert(e.clone());
-                            }
-                            why.push(e)
-                        }
-                    }
-                }
-                tried.note(
+                candidates.extend(foreign(pid.pid, &paths, input));
+                match first_usable(
+                    candidates,
                     Strategy::TargetProcess,
-                    format!(
-                        "pid {} found, but its cgroup is not usable: {}",
-                        pid.pid,
-                        why.join("; ")
+                    Some(*pid),
+                    input,
+                    &mut tried,
+                ) {
+                    Ok(s) => return Ok(s),
+                    Err(why) => tried.note(
+                        Strategy::TargetProcess,
+                        format!(
+                            "pid {} found, but its cgroup is not usable: {}",
+                            pid.pid,
+                            if why.is_empty() {
+                                format!(
+                                    "{:?} resolves to no directory (is POD_UID set, and the node's cgroupfs mounted at OOMSNAP_CGROUP_ROOT?)",
+                                    paths.unified.as_ref().or(paths.v1_memory.as_ref())
+                                )
+                            } else {
+                                why.join("; ")
+                            }
+                        ),
                     ),
-                );
+                }
             }
         },
     }
@@ -297,17 +424,10 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
                 ),
                 Some(pod) => {
                     let dir = container_in_pod(&pod, fallback);
-                    match usable(&dir, fallback) {
-                        Ok(v) => {
-                            let pid = target.as_ref().ok().copied();
-                            return Ok(source(dir, v, Strategy::PodUid, pid, input, &tried));
-                        }
-                        Err(e) => {
-                            if e.contains("no memory limit") {
-                                tried.unlimited.get_or_insert(e.clone());
-                            }
-                            tried.note(Strategy::PodUid, e)
-                        }
+                    let pid = target.as_ref().ok().copied();
+                    match first_usable(vec![dir], Strategy::PodUid, pid, input, &mut tried) {
+                        Ok(s) => return Ok(s),
+                        Err(why) => tried.note(Strategy::PodUid, why.join("; ")),
                     }
                 }
             }
@@ -336,31 +456,14 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
             },
         );
     } else {
-        match proc::cgroup_paths(None) {
-            Err(e) => tried.note(Strategy::OwnCgroup, e),
-            Ok(paths) => {
-                let mut why = Vec::new();
-                let mut found = None;
-                for dir in under(&input.cgroup_root, &paths) {
-                    match usable(&dir, fallback) {
-                        Ok(v) => {
-                            found = Some((dir, v));
-                            break;
-                        }
-                        Err(e) => {
-                            if e.contains("no memory limit") {
-                                tried.unlimited.get_or_insert(e.clone());
-                            }
-                            why.push(e)
-                        }
-                    }
-                }
-                match found {
-                    Some((dir, v)) => {
-                        let pid = target.as_ref().ok().copied();
-                        return Ok(source(dir, v, Strategy::OwnCgroup, pid, input, &tried));
-                    }
-                    None => tried.note(Strategy::OwnCgroup, why.join("; ")),
+        match own {
+            None => tried.note(Strategy::OwnCgroup, "cannot read /proc/self/cgroup"),
+            Some(paths) => {
+                let pid = target.as_ref().ok().copied();
+                let candidates = under(&input.cgroup_root, &paths);
+                match first_usable(candidates, Strategy::OwnCgroup, pid, input, &mut tried) {
+                    Ok(s) => return Ok(s),
+                    Err(why) => tried.note(Strategy::OwnCgroup, why.join("; ")),
                 }
             }
         }
@@ -388,11 +491,14 @@ pub fn locate(input: &LocateInput) -> Result<MemorySource, LocateError> {
     }
 
     match tried.unlimited.take() {
-        Some(found) => Err(LocateError::NoLimit {
-            found,
-            tried: tried.summary(),
-        }),
-        None => Err(LocateError::NotFound(tried.summary())),
+        Some(found) => Err((
+            LocateError::NoLimit {
+                found: found.describe(),
+                tried: tried.summary(),
+            },
+            Some(Box::new(found)),
+        )),
+        None => Err((LocateError::NotFound(tried.summary()), None)),
     }
 }
 
@@ -421,6 +527,48 @@ mod tests {
         let c = under(Path::new("/sys/fs/cgroup"), &p);
         assert_eq!(c[0], PathBuf::from("/sys/fs/cgroup/memory/a/b"));
         assert_eq!(c[1], PathBuf::from("/sys/fs/cgroup/"));
+    }
+
+    #[test]
+    fn a_path_above_our_namespace_root_is_not_joined_under_it() {
+        assert_eq!(climb("/a/b"), (0, "a/b"));
+        assert_eq!(climb("/"), (0, ""));
+        assert_eq!(climb("/../cri-x.scope"), (1, "cri-x.scope"));
+        assert_eq!(climb("/../../p/c"), (2, "p/c"));
+        assert_eq!(climb("/..x/c"), (0, "..x/c"));
+        let p = CgroupPaths {
+            v1_memory: None,
+            unified: Some("/../cri-x.scope".into()),
+        };
+        assert!(under(Path::new("/sys/fs/cgroup"), &p).is_empty());
+    }
+
+    #[test]
+    fn a_foreign_target_is_looked_for_in_its_own_mount_and_its_pod() {
+        let root = tempfile::tempdir().unwrap();
+        let uid = "0f1e-2d";
+        let pod = root
+            .path()
+            .join("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e_2d.slice");
+        std::fs::create_dir_all(&pod).unwrap();
+        let paths = CgroupPaths {
+            v1_memory: None,
+            unified: Some("/../cri-app.scope".into()),
+        };
+        let input = LocateInput {
+            cgroup_root: root.path().into(),
+            pod_uid: Some(uid.into()),
+            ..Default::default()
+        };
+        let c = foreign(42, &paths, &input);
+        assert_eq!(c[0], PathBuf::from("/proc/42/root/sys/fs/cgroup"));
+        assert!(c.contains(&pod.join("cri-app.scope")), "{c:?}");
+        // A target in our own namespace is not foreign.
+        let ours = CgroupPaths {
+            v1_memory: None,
+            unified: Some("/app".into()),
+        };
+        assert!(foreign(42, &ours, &input).is_empty());
     }
 
     #[test]

@@ -2,12 +2,19 @@
 //!
 //! [`locate`] turns the configuration into a [`MemorySource`] (which cgroup
 //! or process, found by which strategy). A source opens into a [`Reader`]
-//! that yields [`Sample`]s; [`watch`] runs the reader on its own thread,
-//! waking early on kernel notifications, and feeds the trigger.
+//! that yields [`Sample`]s (and, between them, the cheap usage sentinel);
+//! [`watch`] runs the reader on its own thread, woken by the timer [`pace`]
+//! sets and by the kernel notifications of [`notify`], and feeds the
+//! trigger. [`stat`] reads the full `memory.stat` breakdown on demand, for a
+//! capture's manifest.
 
 pub mod cgroup;
 pub mod locate;
+pub(crate) mod notify;
+pub mod pace;
+pub mod problem;
 pub mod proc;
+pub mod stat;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -15,6 +22,8 @@ use std::time::{Instant, SystemTime};
 
 pub use cgroup::{CgroupError, CgroupReader, Version};
 pub use locate::{locate, LocateError, Strategy};
+pub use problem::SourceProblem;
+pub use stat::StatBreakdown;
 
 /// One reading of the watched memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,8 +108,18 @@ impl MemorySource {
         }
     }
 
+    /// The full `memory.stat` breakdown, read now, for a capture's manifest
+    /// (allocates; never per sample). `None` for a process source, which
+    /// has no `memory.stat`.
+    pub fn stat_breakdown(&self) -> Option<Result<StatBreakdown, CgroupError>> {
+        match &self.kind {
+            SourceKind::Cgroup { dir, .. } => Some(StatBreakdown::read(dir)),
+            SourceKind::Process { .. } => None,
+        }
+    }
+
     /// Opens the source for sampling.
-    pub fn open(&self) -> Result<Reader, ReadError> {
+    pub(crate) fn open(&self) -> Result<Reader, ReadError> {
         match &self.kind {
             SourceKind::Cgroup { dir, .. } => Ok(Reader::Cgroup(CgroupReader::open(
                 dir,
@@ -116,7 +135,7 @@ impl MemorySource {
 
 /// Why a sample could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -125,7 +144,7 @@ pub enum ReadError {
 
 impl ReadError {
     /// The source disappeared (cgroup removed, process exited): locate again.
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         match self {
             ReadError::Cgroup(e) => e.is_gone(),
             ReadError::Process(e) => e.is_gone(),
@@ -134,16 +153,31 @@ impl ReadError {
 }
 
 /// An open source.
-pub enum Reader {
+pub(crate) enum Reader {
     Cgroup(CgroupReader),
     Process(proc::RssReader),
 }
 
 impl Reader {
-    pub fn read(&mut self) -> Result<Sample, ReadError> {
+    /// One full sample.
+    pub(crate) fn read(&mut self) -> Result<Sample, ReadError> {
         match self {
             Reader::Cgroup(r) => Ok(r.read()?),
             Reader::Process(r) => Ok(r.read()?),
+        }
+    }
+
+    /// Whether [`Reader::read_usage`] is cheaper than a full sample (a
+    /// process's RSS is one small file either way).
+    pub(crate) fn has_sentinel(&self) -> bool {
+        matches!(self, Reader::Cgroup(_))
+    }
+
+    /// The usage alone: the sentinel read between full samples.
+    pub(crate) fn read_usage(&mut self) -> Result<u64, ReadError> {
+        match self {
+            Reader::Cgroup(r) => Ok(r.read_usage()?),
+            Reader::Process(r) => Ok(r.read()?.usage),
         }
     }
 }

@@ -40,7 +40,7 @@ pub enum ProcError {
 }
 
 impl ProcError {
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         matches!(self, ProcError::Io { source, .. }
             if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH))
     }
@@ -48,13 +48,13 @@ impl ProcError {
 
 /// A process and its start time (clock ticks after boot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessId {
+pub(crate) struct ProcessId {
     pub pid: u32,
     pub start: u64,
 }
 
 /// The start time of `pid`, or `None` when it no longer exists.
-pub fn start_time(pid: u32) -> Option<u64> {
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
         .ok()
@@ -62,12 +62,12 @@ pub fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// True when `id` still names the same running process.
-pub fn alive(id: ProcessId) -> bool {
+pub(crate) fn alive(id: ProcessId) -> bool {
     start_time(id.pid) == Some(id.start)
 }
 
 /// The process listening on `port` (IPv4 or IPv6, any local address).
-pub fn find_by_port(port: u16) -> Result<ProcessId, ProcError> {
+pub(crate) fn find_by_port(port: u16) -> Result<ProcessId, ProcError> {
     let mut inodes = Vec::new();
     for table in [procfs::net::tcp(), procfs::net::tcp6()] {
         // A host without IPv6 has no tcp6 table; that is not an error.
@@ -105,7 +105,7 @@ pub fn find_by_port(port: u16) -> Result<ProcessId, ProcError> {
 }
 
 /// The oldest process whose `comm` or argv[0] basename is `name`.
-pub fn find_by_name(name: &str) -> Result<ProcessId, ProcError> {
+pub(crate) fn find_by_name(name: &str) -> Result<ProcessId, ProcError> {
     let me = std::process::id();
     let all = procfs::process::all_processes().map_err(|e| ProcError::Net(e.to_string()))?;
     let mut best: Option<ProcessId> = None;
@@ -159,7 +159,7 @@ pub fn parse_proc_cgroup(content: &str) -> CgroupPaths {
 }
 
 /// Reads the cgroup paths of `pid` (`self` for this process).
-pub fn cgroup_paths(pid: Option<u32>) -> Result<CgroupPaths, ProcError> {
+pub(crate) fn cgroup_paths(pid: Option<u32>) -> Result<CgroupPaths, ProcError> {
     let file = match pid {
         Some(p) => PathBuf::from(format!("/proc/{p}/cgroup")),
         None => PathBuf::from("/proc/self/cgroup"),
@@ -170,8 +170,7 @@ pub fn cgroup_paths(pid: Option<u32>) -> Result<CgroupPaths, ProcError> {
 }
 
 /// The resident set of one process, for hosts where no cgroup is readable.
-pub struct RssReader {
-    pid: u32,
+pub(crate) struct RssReader {
     path: PathBuf,
     file: File,
     page: u64,
@@ -180,16 +179,14 @@ pub struct RssReader {
 }
 
 impl RssReader {
-    pub fn open(pid: u32, limit: Option<u64>) -> Result<RssReader, ProcError> {
+    pub(crate) fn open(pid: u32, limit: Option<u64>) -> Result<RssReader, ProcError> {
         let path = PathBuf::from(format!("/proc/{pid}/statm"));
         let file = File::open(&path).map_err(|source| ProcError::Io {
             file: path.clone(),
             source,
         })?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        let page = rustix::param::page_size().max(4096) as u64;
         Ok(RssReader {
-            pid,
             path,
             file,
             page,
@@ -198,11 +195,7 @@ impl RssReader {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub fn read(&mut self) -> Result<Sample, ProcError> {
+    pub(crate) fn read(&mut self) -> Result<Sample, ProcError> {
         let at = Instant::now();
         let n = self
             .file

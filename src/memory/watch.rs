@@ -1,37 +1,59 @@
 //! Follows the memory source and turns samples into decisions.
 //!
-//! The watcher runs on its own OS thread, not on the async runtime: it
-//! blocks in `poll(2)` on kernel notification fds with an adaptive timeout,
-//! reads a sample, feeds the [`Trigger`], and sends [`WatchEvent`]s to the
-//! pipeline over a channel. Keeping it off the runtime means a busy upload
-//! can never delay a wake-up.
+//! A [`WatchConfig`] enters; [`WatchEvent`]s leave over a channel, and the
+//! live [`WatchState`] (last sample, source, current problem) is shared with
+//! the admin server. The watcher runs on its own OS thread, not on the async
+//! runtime: it blocks in `poll(2)` on the kernel's notification fds (see
+//! [`super::notify`]) with the timeout [`super::pace`] picks, reads the
+//! sentinel or a full sample, feeds the [`Trigger`], and sends events.
+//! Keeping it off the runtime means a busy upload can never delay a wake-up.
 //!
-//! Wake-ups:
-//! - v1: a `cgroup.event_control` usage threshold per rung, plus two
-//!   early-warning levels below the first rung that switch polling to its
-//!   fastest, so the slope (and "imminent") has samples to work with;
-//! - v2: inotify on `memory.events` (it changes on `high`/`max`/`oom`);
-//! - always: polling, whose interval shrinks from `poll_max` far below the
-//!   first rung to `poll_min` near it or when the slope says a rung is close.
+//! What wakes it:
+//! - v1: a `cgroup.event_control` usage threshold per rung, plus four
+//!   early-warning levels 40, 30, 20 and 10 points below the first rung,
+//!   which switch polling to its fastest so the slope (and "imminent") has
+//!   samples to work with;
+//! - v2: inotify on `memory.events`, which the kernel touches only once
+//!   usage reaches `memory.max` (and on a kill);
+//! - always: the timer. Each tick reads the sentinel (the usage file alone)
+//!   and takes a full sample only when the usage moved, so a short idle
+//!   interval stays cheap; a leak that jumps between two ticks gets the
+//!   fastest interval at once. On v2 this is the early warning.
+//!
+//! It never stops on its own: a source that cannot be found, a cgroup
+//! without a limit or a file that cannot be read is published as a
+//! [`SourceProblem`], logged at a bounded rate, and retried (locating with a
+//! backoff up to [`LOCATE_BACKOFF_MAX`]); once the fault clears it watches
+//! and triggers without a restart.
 //!
 //! The loop does not allocate per sample: the reader owns its buffer, the
-//! trigger owns a fixed ring, and the status is a copy into a mutex.
+//! trigger owns a fixed ring, the poll set lives on the stack, and the
+//! status is a copy into a mutex.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::locate::{locate, LocateError, LocateInput};
+use super::locate::{locate, locate_watchable, LocateInput};
+use super::notify::{wait, Notifier, Waker, Woke};
+use super::pace::Pace;
+use super::problem::{ProblemLog, SourceProblem};
 use super::proc::{self, ProcessId};
-use super::{MemorySource, Reader, Sample, SourceKind, Version};
+use super::{MemorySource, ReadError, Reader, Sample, SourceKind, Version};
 use crate::trigger::{Decision, Policy, Trigger};
+
+/// The first wait between attempts to locate the memory (or to read it
+/// again after an error); it doubles up to [`LOCATE_BACKOFF_MAX`].
+const LOCATE_BACKOFF_MIN: Duration = Duration::from_millis(200);
 
 /// The longest wait between attempts to locate the memory; /healthz
 /// allows for it.
 pub const LOCATE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How often a target process is checked for a restart.
+const PID_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// What woke the watcher before the sample that caused a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -74,8 +96,6 @@ pub enum WatchEvent {
     },
     /// A capture should be taken.
     Decision { decision: Decision, wake: Wake },
-    /// The memory cannot be watched as configured; the sidecar must stop.
-    Fatal(String),
     /// The kernel's OOM kill counter rose.
     OomKill {
         at: SystemTime,
@@ -109,12 +129,17 @@ impl WatchConfig {
 /// Live state shared with the admin server.
 #[derive(Debug, Default)]
 pub struct WatchState {
+    /// The last full sample.
     pub last: Mutex<Option<Sample>>,
     pub source: Mutex<Option<MemorySource>>,
     pub armed: Mutex<Vec<(f64, bool)>>,
+    /// What keeps the watcher from watching right now, if anything.
+    pub problem: Mutex<Option<SourceProblem>>,
+    /// The current problem as a sentence (the same as `problem`'s Display).
     pub last_error: Mutex<Option<String>>,
     /// Milliseconds since `started` at the last loop turn, for /healthz.
     pub last_tick_ms: AtomicU64,
+    /// Full samples read.
     pub samples: AtomicU64,
     pub kernel_wakes: AtomicU64,
     pub restarts: AtomicU64,
@@ -129,12 +154,21 @@ impl WatchState {
         let tick = Duration::from_millis(self.last_tick_ms.load(Ordering::Relaxed));
         Some(started.elapsed().saturating_sub(tick))
     }
+
+    fn publish(&self, p: Option<&SourceProblem>) {
+        if let Ok(mut g) = self.problem.lock() {
+            *g = p.cloned();
+        }
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = p.map(|p| p.to_string());
+        }
+    }
 }
 
 /// Handle to stop the watcher or change its policy from another thread.
 #[derive(Clone)]
 pub struct WatchControl {
-    wake: Arc<OwnedFd>,
+    waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     pending: Arc<Mutex<Option<Policy>>>,
 }
@@ -142,7 +176,7 @@ pub struct WatchControl {
 impl WatchControl {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        signal(self.wake.as_raw_fd());
+        self.waker.wake();
     }
 
     /// Applies a new policy at the next loop turn (live annotations).
@@ -150,139 +184,8 @@ impl WatchControl {
         if let Ok(mut g) = self.pending.lock() {
             *g = Some(p);
         }
-        signal(self.wake.as_raw_fd());
+        self.waker.wake();
     }
-}
-
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: eventfd returns a new fd or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn signal(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes from a valid u64 to an eventfd.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-}
-
-fn drain(fd: RawFd) {
-    let mut buf = [0u8; 512];
-    // SAFETY: reading into a stack buffer of the given length; the fd is
-    // non-blocking, so this returns at once when empty.
-    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-}
-
-/// Kernel notification fds for one cgroup.
-struct Notifier {
-    fds: Vec<OwnedFd>,
-    /// Kept open: v1 thresholds are registered against this fd.
-    _usage: Option<std::fs::File>,
-    /// The limit the thresholds were registered for.
-    limit: Option<u64>,
-}
-
-impl Notifier {
-    fn none() -> Notifier {
-        Notifier {
-            fds: Vec::new(),
-            _usage: None,
-            limit: None,
-        }
-    }
-
-    /// The usage levels, in percent, that get a v1 threshold: every rung and
-    /// four early-warning levels below the first. A wake-up there costs one
-    /// sample; on a fast leak it gives the slope, and so "imminent", a head
-    /// start of up to 40 points of the limit.
-    fn levels(policy: &Policy) -> Vec<f64> {
-        let first = policy.thresholds.first().copied().unwrap_or(80.0);
-        let mut v: Vec<f64> = [first - 40.0, first - 30.0, first - 20.0, first - 10.0]
-            .into_iter()
-            .filter(|l| *l > 0.0)
-            .chain(policy.thresholds.iter().copied())
-            .collect();
-        v.dedup();
-        v
-    }
-
-    fn v1(dir: &std::path::Path, limit: u64, policy: &Policy) -> std::io::Result<Notifier> {
-        use std::io::Write;
-        let usage = std::fs::File::open(dir.join("memory.usage_in_bytes"))?;
-        let mut control = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.event_control"))?;
-        let mut fds = Vec::new();
-        for pct in Self::levels(policy) {
-            let efd = eventfd()?;
-            let bytes = (limit as f64 * pct / 100.0) as u64;
-            // The kernel parses "<event fd> <usage fd> <threshold>".
-            let line = format!("{} {} {}", efd.as_raw_fd(), usage.as_raw_fd(), bytes);
-            control.write_all(line.as_bytes())?;
-            fds.push(efd);
-        }
-        Ok(Notifier {
-            fds,
-            _usage: Some(usage),
-            limit: Some(limit),
-        })
-    }
-
-    fn v2(dir: &std::path::Path) -> std::io::Result<Notifier> {
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: inotify_init1 returns a new fd or -1.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let path = std::ffi::CString::new(dir.join("memory.events").as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: valid fd and NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) };
-        if wd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Notifier {
-            fds: vec![fd],
-            _usage: None,
-            limit: None,
-        })
-    }
-}
-
-/// The poll interval: `max` far below the next rung, `min` close to it, and
-/// never longer than a tenth of the time the slope needs to reach it.
-pub fn poll_interval(
-    percent: f64,
-    next_rung: Option<f64>,
-    slope_percent_per_s: Option<f64>,
-    min: Duration,
-    max: Duration,
-) -> Duration {
-    let target = next_rung.unwrap_or(100.0);
-    let distance = (target - percent).max(0.0);
-    // Geometric between 5 points (min) and 40 points (max) of distance.
-    let by_distance = if distance <= 5.0 {
-        min
-    } else if distance >= 40.0 {
-        max
-    } else {
-        let f = (distance - 5.0) / 35.0;
-        let lo = min.as_secs_f64().ln();
-        let hi = max.as_secs_f64().ln();
-        Duration::from_secs_f64((lo + f * (hi - lo)).exp())
-    };
-    let by_slope = match slope_percent_per_s {
-        Some(k) if k > 0.0 => Duration::from_secs_f64((distance / k / 10.0).min(3600.0)),
-        _ => max,
-    };
-    by_distance.min(by_slope).clamp(min, max)
 }
 
 /// Spawns the watcher thread.
@@ -292,42 +195,27 @@ pub fn spawn(
     state: Arc<WatchState>,
 ) -> std::io::Result<(WatchControl, std::thread::JoinHandle<()>)> {
     let control = WatchControl {
-        wake: Arc::new(eventfd()?),
+        waker: Arc::new(Waker::new()?),
         stop: Arc::new(AtomicBool::new(false)),
         pending: Arc::new(Mutex::new(None)),
     };
     let c = control.clone();
     let handle = std::thread::Builder::new()
         .name("oomsnap-watch".into())
-        .spawn(move || run(cfg, tx, state, c))?;
+        .spawn(move || Watcher::new(cfg, tx, state, c).run())?;
     Ok((control, handle))
 }
 
+/// A source being watched.
 struct Located {
     source: MemorySource,
     reader: Reader,
     notifier: Notifier,
+    /// The limit the notifier was registered for.
+    limit: Option<u64>,
     pid: Option<ProcessId>,
     last_kills: Option<u64>,
     last_pid_check: Instant,
-}
-
-fn open(source: MemorySource, cfg: &WatchConfig, policy: &Policy) -> Result<Located, String> {
-    let mut reader = source.open().map_err(|e| e.to_string())?;
-    let first = reader.read().map_err(|e| e.to_string())?;
-    let notifier = kernel_notifier(&source, first.limit, cfg.kernel_wakeups, policy);
-    let pid = match (source.pid, source.pid_start) {
-        (Some(pid), Some(start)) => Some(ProcessId { pid, start }),
-        _ => None,
-    };
-    Ok(Located {
-        source,
-        reader,
-        notifier,
-        pid,
-        last_kills: first.oom_kills,
-        last_pid_check: Instant::now(),
-    })
 }
 
 fn kernel_notifier(
@@ -349,7 +237,7 @@ fn kernel_notifier(
     };
     match made {
         Ok(n) => {
-            tracing::debug!(fds = n.fds.len(), "kernel wake-ups registered");
+            tracing::debug!(fds = n.len(), "kernel wake-ups registered");
             n
         }
         Err(e) => {
@@ -363,162 +251,232 @@ fn kernel_notifier(
     }
 }
 
-/// Blocks until a notification or the timeout; true when the kernel woke us.
-fn wait(control: RawFd, notifier: &Notifier, timeout: Duration) -> bool {
-    let mut pfds = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; 22];
-    pfds[0] = libc::pollfd {
-        fd: control,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let mut n = 1;
-    // At most 16 rungs plus four early levels (config caps the rungs).
-    for fd in notifier.fds.iter().take(21) {
-        pfds[n] = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        n += 1;
-    }
-    let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
-    // SAFETY: pfds holds n initialised pollfd entries.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
-    if r <= 0 {
-        return false;
-    }
-    let mut kernel = false;
-    for p in &pfds[..n] {
-        if p.revents != 0 {
-            drain(p.fd);
-            if p.fd != control {
-                kernel = true;
-            }
-        }
-    }
-    kernel
-}
-
-fn run(
+/// The loop's state between turns.
+struct Watcher {
     cfg: WatchConfig,
     tx: UnboundedSender<WatchEvent>,
     state: Arc<WatchState>,
     control: WatchControl,
-) {
-    let started = Instant::now();
-    if let Ok(mut s) = state.started.lock() {
-        *s = Some(started);
-    }
-    let mut policy = cfg.policy.clone();
-    let mut trigger = Trigger::new(policy.clone());
-    let mut located: Option<Located> = None;
-    let mut ever_located = false;
-    let mut wake = Wake::Start;
-    let mut restarts: u32 = 0;
-    let mut locate_backoff = Duration::from_millis(200);
-    let mut last_locate_error = String::new();
-    let control_fd = control.wake.as_raw_fd();
+    started: Instant,
+    policy: Policy,
+    trigger: Trigger,
+    located: Option<Located>,
+    pace: Pace,
+    /// What woke the watcher before this turn.
+    wake: Wake,
+    /// The timeout picked after the last full sample.
+    interval: Duration,
+    backoff: Duration,
+    restarts: u32,
+    /// The problem being reported, if any, and when it was last logged.
+    problem: Option<SourceProblem>,
+    /// When a source without a limit next looks for a better one.
+    next_relocate: Instant,
+    problem_log: ProblemLog,
+}
 
-    while !control.stop.load(Ordering::SeqCst) {
-        state
-            .last_tick_ms
-            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-
-        if let Some(p) = control.pending.lock().ok().and_then(|mut g| g.take()) {
-            tracing::info!(thresholds = ?p.thresholds, "trigger policy changed");
-            trigger.set_policy(p.clone());
-            policy = p;
-            // Re-register thresholds for the new rungs.
-            if let Some(l) = &mut located {
-                let limit = l.notifier.limit;
-                l.notifier = Notifier::none();
-                l.notifier = kernel_notifier(&l.source, limit, cfg.kernel_wakeups, &policy);
-            }
+impl Watcher {
+    fn new(
+        cfg: WatchConfig,
+        tx: UnboundedSender<WatchEvent>,
+        state: Arc<WatchState>,
+        control: WatchControl,
+    ) -> Watcher {
+        let policy = cfg.policy.clone();
+        Watcher {
+            trigger: Trigger::new(policy.clone()),
+            policy,
+            interval: cfg.poll_max,
+            cfg,
+            tx,
+            state,
+            control,
+            started: Instant::now(),
+            located: None,
+            pace: Pace::default(),
+            wake: Wake::Start,
+            backoff: LOCATE_BACKOFF_MIN,
+            restarts: 0,
+            problem: None,
+            next_relocate: Instant::now(),
+            problem_log: ProblemLog::default(),
         }
+    }
 
-        // Find the source when we have none.
-        let Some(loc) = located.as_mut() else {
-            let found = match locate(&cfg.locate) {
-                // A wrong OOMSNAP_CGROUP, or memory without any limit, is a
-                // configuration error: at start it stops the sidecar rather
-                // than leave it watching something that can never trigger.
-                Err(e @ (LocateError::Explicit { .. } | LocateError::NoLimit { .. }))
-                    if !ever_located =>
-                {
-                    let _ = tx.send(WatchEvent::Fatal(e.to_string()));
-                    break;
-                }
-                Err(e) => Err(e.to_string()),
-                Ok(s) => open(s, &cfg, &policy),
-            };
-            match found {
-                Ok(l) => {
-                    tracing::info!(
-                        source = %l.source.describe(),
-                        strategy = l.source.strategy.name(),
-                        how = %l.source.how,
-                        "memory source located"
-                    );
-                    if let Ok(mut s) = state.source.lock() {
-                        *s = Some(l.source.clone());
-                    }
-                    if let Ok(mut e) = state.last_error.lock() {
-                        *e = None;
-                    }
-                    let _ = tx.send(WatchEvent::Located(l.source.clone()));
-                    ever_located = true;
-                    located = Some(l);
-                    wake = Wake::Start;
-                    locate_backoff = Duration::from_millis(200);
-                    continue;
-                }
-                Err(e) => {
-                    if e != last_locate_error {
-                        tracing::warn!(error = %e, "cannot locate the app's memory yet; retrying");
-                        last_locate_error = e.clone();
-                    }
-                    if let Ok(mut s) = state.last_error.lock() {
-                        *s = Some(e);
-                    }
-                    wait(control_fd, &Notifier::none(), locate_backoff);
-                    locate_backoff = (locate_backoff * 2).min(LOCATE_BACKOFF_MAX);
-                    continue;
-                }
-            }
-        };
+    fn send(&self, ev: WatchEvent) {
+        // The receiver is gone only while the sidecar shuts down.
+        let _ = self.tx.send(ev);
+    }
 
-        let sample = match loc.reader.read() {
-            Ok(s) => s,
-            Err(e) => {
-                let gone = e.is_gone();
-                let why = e.to_string();
-                if let Ok(mut s) = state.last_error.lock() {
-                    *s = Some(why.clone());
-                }
-                if gone {
-                    tracing::warn!(error = %why, "memory source is gone; locating it again");
-                    let _ = tx.send(WatchEvent::Lost { why });
-                    located = None;
-                } else {
-                    tracing::error!(error = %why, "cannot read a memory sample");
-                    wait(control_fd, &loc.notifier, cfg.poll_max);
-                }
+    /// Publishes `p` and logs it when it is news or due again.
+    fn report(&mut self, p: SourceProblem) {
+        if self.problem_log.should_log(&p, Instant::now()) {
+            tracing::warn!(problem = p.kind(), "{p}");
+        }
+        if self.problem.as_ref() != Some(&p) {
+            self.state.publish(Some(&p));
+            self.problem = Some(p);
+        }
+    }
+
+    fn clear_problem(&mut self) {
+        if self.problem.take().is_some() {
+            self.problem_log.clear();
+            self.state.publish(None);
+            tracing::info!("the memory source is watched normally again");
+        }
+    }
+
+    /// Waits for the backoff (the waker still ends it at once), then
+    /// doubles it.
+    fn back_off(&mut self) {
+        wait(&self.control.waker, &Notifier::none(), self.backoff);
+        self.backoff = (self.backoff * 2).min(LOCATE_BACKOFF_MAX);
+        self.wake = Wake::Start;
+    }
+
+    fn run(mut self) {
+        if let Ok(mut s) = self.state.started.lock() {
+            *s = Some(self.started);
+        }
+        while !self.control.stop.load(Ordering::SeqCst) {
+            self.state
+                .last_tick_ms
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.apply_pending_policy();
+            if self.located.is_none() {
+                self.try_locate();
                 continue;
             }
+            self.turn();
+        }
+    }
+
+    fn apply_pending_policy(&mut self) {
+        let Some(p) = self.control.pending.lock().ok().and_then(|mut g| g.take()) else {
+            return;
         };
-        state.samples.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut s) = state.last.lock() {
+        tracing::info!(thresholds = ?p.thresholds, "trigger policy changed");
+        self.trigger.set_policy(p.clone());
+        self.policy = p;
+        // Re-register thresholds for the new rungs.
+        if let Some(l) = &mut self.located {
+            l.notifier = Notifier::none();
+            l.notifier = kernel_notifier(&l.source, l.limit, self.cfg.kernel_wakeups, &self.policy);
+        }
+    }
+
+    fn try_locate(&mut self) {
+        let found = locate_watchable(&self.cfg.locate)
+            .map_err(|e| SourceProblem::from(&e))
+            .and_then(|s| self.open(s).map_err(|e| SourceProblem::Read { why: e }));
+        match found {
+            Ok(l) => {
+                tracing::info!(
+                    source = %l.source.describe(),
+                    strategy = l.source.strategy.name(),
+                    how = %l.source.how,
+                    "memory source located"
+                );
+                if let Ok(mut s) = self.state.source.lock() {
+                    *s = Some(l.source.clone());
+                }
+                self.send(WatchEvent::Located(l.source.clone()));
+                if self.problem.as_ref().is_some_and(|p| p.kind() == "locate") {
+                    self.clear_problem();
+                }
+                self.located = Some(l);
+                self.pace.reset();
+                self.wake = Wake::Start;
+                self.backoff = LOCATE_BACKOFF_MIN;
+            }
+            Err(p) => {
+                self.report(p);
+                self.back_off();
+            }
+        }
+    }
+
+    fn open(&self, source: MemorySource) -> Result<Located, String> {
+        let mut reader = source.open().map_err(|e| e.to_string())?;
+        let first = reader.read().map_err(|e| e.to_string())?;
+        let notifier = kernel_notifier(&source, first.limit, self.cfg.kernel_wakeups, &self.policy);
+        let pid = match (source.pid, source.pid_start) {
+            (Some(pid), Some(start)) => Some(ProcessId { pid, start }),
+            _ => None,
+        };
+        Ok(Located {
+            source,
+            reader,
+            notifier,
+            limit: first.limit,
+            pid,
+            last_kills: first.oom_kills,
+            last_pid_check: Instant::now(),
+        })
+    }
+
+    /// A read failed: a source that is gone is located again; any other
+    /// error is reported and retried after a backoff.
+    fn read_failed(&mut self, e: ReadError) {
+        if e.is_gone() {
+            let why = e.to_string();
+            tracing::warn!(error = %why, "memory source is gone; locating it again");
+            self.send(WatchEvent::Lost { why });
+            self.located = None;
+        } else {
+            self.report(SourceProblem::Read { why: e.to_string() });
+            self.back_off();
+        }
+    }
+
+    /// One turn with a source: the sentinel on a timer tick, a full sample
+    /// when it is due, then the wait.
+    fn turn(&mut self) {
+        let Some(loc) = self.located.as_mut() else {
+            return;
+        };
+        if self.wake == Wake::Poll && loc.reader.has_sentinel() {
+            match loc.reader.read_usage() {
+                Ok(usage) if !self.pace.needs_full(Instant::now(), usage) => {
+                    self.sleep();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => return self.read_failed(e),
+            }
+        }
+        let sample = match loc.reader.read() {
+            Ok(s) => s,
+            Err(e) => return self.read_failed(e),
+        };
+        self.backoff = LOCATE_BACKOFF_MIN;
+        self.pace.took_full(sample.at, sample.usage, sample.limit);
+        self.state.samples.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = self.state.last.lock() {
             *s = Some(sample);
         }
+        self.observe(sample);
+        if self.target_restarted() || self.found_better_source() {
+            return;
+        }
+        self.interval = self.next_interval(&sample);
+        self.state
+            .interval_ms
+            .store(self.interval.as_millis() as u64, Ordering::Relaxed);
+        self.sleep();
+    }
 
+    /// Everything a full sample says: a kill, a limit that moved or is
+    /// missing, and the trigger's decision.
+    fn observe(&mut self, sample: Sample) {
+        let Some(loc) = self.located.as_mut() else {
+            return;
+        };
         // A rising OOM counter is the proof a kill happened.
         if let (Some(now), Some(before)) = (sample.oom_kills, loc.last_kills) {
             if now > before {
-                let _ = tx.send(WatchEvent::OomKill {
+                let _ = self.tx.send(WatchEvent::OomKill {
                     at: sample.wall,
                     kills: now,
                     last: sample,
@@ -529,51 +487,105 @@ fn run(
             loc.last_kills = sample.oom_kills;
         }
 
-        // The limit moved: thresholds were registered in bytes.
-        if loc.notifier.limit.is_some() && sample.limit != loc.notifier.limit {
-            tracing::info!(limit = ?sample.limit, "the memory limit changed");
-            loc.notifier = Notifier::none();
-            loc.notifier = kernel_notifier(&loc.source, sample.limit, cfg.kernel_wakeups, &policy);
+        // The limit moved, appeared or went away: v1 thresholds are in bytes.
+        if sample.limit != loc.limit {
+            tracing::info!(limit = ?sample.limit, before = ?loc.limit, "the memory limit changed");
+            loc.limit = sample.limit;
+            if matches!(
+                loc.source.kind,
+                SourceKind::Cgroup {
+                    version: Version::V1,
+                    ..
+                }
+            ) {
+                loc.notifier = Notifier::none();
+                loc.notifier = kernel_notifier(
+                    &loc.source,
+                    loc.limit,
+                    self.cfg.kernel_wakeups,
+                    &self.policy,
+                );
+            }
         }
-
-        if let Some(d) = trigger.observe(&sample) {
-            let _ = tx.send(WatchEvent::Decision { decision: d, wake });
-        }
-        if let Ok(mut a) = state.armed.lock() {
-            a.clear();
-            a.extend(
-                policy
-                    .thresholds
-                    .iter()
-                    .copied()
-                    .zip(trigger.armed().iter().copied()),
-            );
-        }
-
-        // A target restart (new PID) may move its cgroup: locate again.
-        if let Some(pid) = loc.pid {
-            if loc.last_pid_check.elapsed() >= Duration::from_millis(500) {
-                loc.last_pid_check = Instant::now();
-                if !proc::alive(pid) {
-                    restarts += 1;
-                    state.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        pid = pid.pid,
-                        restarts,
-                        "the target process exited; locating it again"
-                    );
-                    let _ = tx.send(WatchEvent::Restarted {
-                        old_pid: pid.pid,
-                        new_pid: None,
-                        restarts,
-                    });
-                    located = None;
-                    continue;
+        // Samples flow without a limit; only the trigger cannot act. The
+        // problem is built (and allocates) only when it starts.
+        let no_limit_yet =
+            sample.limit.is_none() && self.problem.as_ref().is_none_or(|p| p.kind() != "no_limit");
+        let source = no_limit_yet.then(|| loc.source.describe());
+        match source {
+            Some(source) => self.report(SourceProblem::NoLimit { source }),
+            None if sample.limit.is_some() => self.clear_problem(),
+            None => {
+                if let Some(p) = &self.problem {
+                    if self.problem_log.should_log(p, sample.at) {
+                        tracing::warn!(problem = p.kind(), "{p}");
+                    }
                 }
             }
         }
 
-        let pct_per_s = match (trigger.slope(), sample.limit) {
+        // Only samples with news reach the trigger: a flat one would sit in
+        // its one-second slope window and dilute the slope of a leak that
+        // starts right after it.
+        let crossing = self
+            .trigger
+            .next_rung()
+            .is_some_and(|r| sample.percent() >= r);
+        if self.pace.worth_observing(&sample, crossing) {
+            self.pace.observed(&sample);
+            if let Some(d) = self.trigger.observe(&sample) {
+                self.send(WatchEvent::Decision {
+                    decision: d,
+                    wake: self.wake,
+                });
+            }
+        }
+        if let Ok(mut a) = self.state.armed.lock() {
+            a.clear();
+            a.extend(
+                self.policy
+                    .thresholds
+                    .iter()
+                    .copied()
+                    .zip(self.trigger.armed().iter().copied()),
+            );
+        }
+    }
+
+    /// A target restart (new PID) may move its cgroup: true when the
+    /// watcher must locate again.
+    fn target_restarted(&mut self) -> bool {
+        let Some(loc) = self.located.as_mut() else {
+            return false;
+        };
+        let Some(pid) = loc.pid else {
+            return false;
+        };
+        if loc.last_pid_check.elapsed() < PID_CHECK_EVERY {
+            return false;
+        }
+        loc.last_pid_check = Instant::now();
+        if proc::alive(pid) {
+            return false;
+        }
+        self.restarts += 1;
+        self.state.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            pid = pid.pid,
+            restarts = self.restarts,
+            "the target process exited; locating it again"
+        );
+        self.send(WatchEvent::Restarted {
+            old_pid: pid.pid,
+            new_pid: None,
+            restarts: self.restarts,
+        });
+        self.located = None;
+        true
+    }
+
+    fn next_interval(&self, sample: &Sample) -> Duration {
+        let pct_per_s = match (self.trigger.slope(), sample.limit) {
             (Some(k), Some(l)) if l > 0 => Some(k * 100.0 / l as f64),
             _ => None,
         };
@@ -585,67 +597,71 @@ fn run(
             Some(l) if l > 0 => sample.usage as f64 * 100.0 / l as f64,
             _ => sample.percent(),
         };
-        let interval = poll_interval(
+        self.pace.interval(
             usage_pct,
-            trigger.next_rung(),
+            self.trigger.next_rung(),
             pct_per_s,
-            cfg.poll_min,
-            cfg.poll_max,
-        );
-        state
-            .interval_ms
-            .store(interval.as_millis() as u64, Ordering::Relaxed);
-        wake = if wait(control_fd, &loc.notifier, interval) {
-            state.kernel_wakes.fetch_add(1, Ordering::Relaxed);
-            Wake::Kernel
-        } else {
-            Wake::Poll
+            self.cfg.poll_min,
+            self.cfg.poll_max,
+        )
+    }
+
+    /// While the source has no limit, a source with one may turn up (the
+    /// app was still starting when its unlimited neighbour was taken): the
+    /// strict strategies run again every [`LOCATE_BACKOFF_MAX`], and a
+    /// different source with a limit replaces the watched one. True when it
+    /// did (the next turn starts on it).
+    fn found_better_source(&mut self) -> bool {
+        let no_limit = self
+            .problem
+            .as_ref()
+            .is_some_and(|p| p.kind() == "no_limit");
+        let now = Instant::now();
+        if !no_limit || now < self.next_relocate {
+            return false;
+        }
+        self.next_relocate = now + LOCATE_BACKOFF_MAX;
+        let Ok(better) = locate(&self.cfg.locate) else {
+            return false;
         };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIN: Duration = Duration::from_millis(2);
-    const MAX: Duration = Duration::from_millis(500);
-
-    #[test]
-    fn polls_slowly_far_away_and_fast_near_a_rung() {
-        assert_eq!(poll_interval(10.0, Some(80.0), None, MIN, MAX), MAX);
-        assert_eq!(poll_interval(77.0, Some(80.0), None, MIN, MAX), MIN);
-        let mid = poll_interval(55.0, Some(80.0), None, MIN, MAX);
-        assert!(mid > MIN && mid < MAX, "{mid:?}");
-    }
-
-    #[test]
-    fn a_steep_slope_shortens_the_interval() {
-        // 50 points away at 137 %/s: a rung in ~365 ms, so poll every ~36 ms.
-        let d = poll_interval(30.0, Some(80.0), Some(137.0), MIN, MAX);
-        assert!(
-            d < Duration::from_millis(40) && d > Duration::from_millis(30),
-            "{d:?}"
-        );
-    }
-
-    #[test]
-    fn spent_ladder_polls_against_the_limit() {
-        assert_eq!(poll_interval(97.0, None, None, MIN, MAX), MIN);
+        if self
+            .located
+            .as_ref()
+            .is_some_and(|l| l.source.kind == better.kind)
+        {
+            return false;
+        }
+        match self.open(better) {
+            Ok(l) => {
+                tracing::info!(
+                    source = %l.source.describe(),
+                    strategy = l.source.strategy.name(),
+                    "a memory source with a limit was found; watching it instead"
+                );
+                if let Ok(mut s) = self.state.source.lock() {
+                    *s = Some(l.source.clone());
+                }
+                self.send(WatchEvent::Located(l.source.clone()));
+                self.located = Some(l);
+                self.pace.reset();
+                self.wake = Wake::Start;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
-    #[test]
-    fn early_warning_levels_sit_below_the_first_rung() {
-        let p = Policy {
-            thresholds: vec![80.0, 90.0],
-            hysteresis: 5.0,
-            lead_time: Duration::from_secs(2),
-            imminent: true,
-            baseline_every: None,
+    /// Waits for the current interval; notes what ended the wait.
+    fn sleep(&mut self) {
+        let Some(loc) = self.located.as_ref() else {
+            return;
         };
-        assert_eq!(
-            Notifier::levels(&p),
-            vec![40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
-        );
+        self.wake = match wait(&self.control.waker, &loc.notifier, self.interval) {
+            Woke::Kernel => {
+                self.state.kernel_wakes.fetch_add(1, Ordering::Relaxed);
+                Wake::Kernel
+            }
+            Woke::Timeout | Woke::Control => Wake::Poll,
+        };
     }
 }

@@ -284,6 +284,7 @@ impl Pipeline {
         let done = self.done_tx.clone();
         let watch = self.shared.watch.clone();
         let is_baseline = d.reason == Reason::Baseline;
+        let source = self.source.clone();
         let spool_dir = spool.dir().to_path_buf();
         let t0 = d.sample.at;
         tokio::spawn(async move {
@@ -296,7 +297,12 @@ impl Pipeline {
             // A summary is a convenience: if it fails, the profiles ship
             // without one.
             let manifest = tokio::task::spawn_blocking(move || {
-                crate::summary::summarise(&dir, &spool_dir, &mut draft, is_baseline, None);
+                // Read right after the runtime's numbers, so the two sides of
+                // the breakdown are a few milliseconds apart at most.
+                let cgroup = source
+                    .as_ref()
+                    .and_then(|s| crate::capture::cgroup_now(s, &mut draft));
+                crate::summary::summarise(&dir, &spool_dir, &mut draft, is_baseline, cgroup);
                 draft
             })
             .await
@@ -469,7 +475,6 @@ impl Pipeline {
                     }
                 }
             }
-            WatchEvent::Fatal(why) => self.shared.problems.set(ProblemKind::Locate, why),
             WatchEvent::Lost { why } => {
                 tracing::warn!(%why, "memory source lost");
             }
@@ -495,6 +500,34 @@ impl Pipeline {
                 self.record_oom(at, Evidence::OomKill { kills }, Some(last));
             }
         }
+    }
+
+    /// Once a second: the watcher's problem (the watcher logs it itself) is
+    /// mirrored into the registry, and provisional captures past their
+    /// window are discarded.
+    pub fn tick(&mut self) {
+        let problem = self
+            .shared
+            .watch
+            .problem
+            .lock()
+            .ok()
+            .and_then(|p| p.clone());
+        let (locate, no_limit) = match &problem {
+            Some(p) if p.kind() == "no_limit" => (None, Some(p.to_string())),
+            Some(p) => (Some(p.to_string()), None),
+            None => (None, None),
+        };
+        for (kind, message) in [
+            (ProblemKind::Locate, locate),
+            (ProblemKind::NoLimit, no_limit),
+        ] {
+            match message {
+                Some(m) => self.shared.problems.mirror(kind, m),
+                None => self.shared.problems.clear(kind),
+            }
+        }
+        self.expire();
     }
 
     /// A manual request: a decision on the newest sample.

@@ -28,6 +28,10 @@ pub fn go_available() -> bool {
 pub fn try_leaky_binary() -> Option<PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
+        // A prebuilt one (the benches inside the v2 VM have no Go).
+        if let Some(bin) = std::env::var_os("OOMSNAP_LEAKY_BIN") {
+            return Some(PathBuf::from(bin));
+        }
         if !go_available() {
             require_live("go toolchain (needed to build tests/leaky)");
             return None;
@@ -98,6 +102,11 @@ impl Leaker {
     /// free port, no race — and the port is read from the
     /// `leaky: listening on ADDR pid PID` line (waited for up to 10 s).
     pub fn spawn(cgroup: Option<&MemCgroup>, args: &[&str]) -> Leaker {
+        Leaker::spawn_in(cgroup.map(MemCgroup::path), args)
+    }
+
+    /// [`Leaker::spawn`] into any cgroup directory (v1 or v2).
+    pub fn spawn_in(cgroup: Option<&Path>, args: &[&str]) -> Leaker {
         let bin = leaky_binary();
         let mut full: Vec<String> = Vec::new();
         if !args
@@ -114,7 +123,7 @@ impl Leaker {
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(r#"echo $$ > "$0" && exec "$@""#)
-                    .arg(cg.path().join("cgroup.procs"))
+                    .arg(cg.join("cgroup.procs"))
                     .arg(&bin);
                 c
             }

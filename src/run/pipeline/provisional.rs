@@ -39,8 +39,8 @@ impl Pipeline {
         self.publish_provisional();
     }
 
-    /// Once a second: provisional captures past their window are discarded.
-    pub fn tick(&mut self) {
+    /// Discards the provisional captures past their window.
+    pub(super) fn expire(&mut self) {
         let window = self.shared.config.confirm_window;
         for a in self.provisional.expire(Instant::now(), window) {
             self.apply(a);

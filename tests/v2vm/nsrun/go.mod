@@ -1,0 +1,3 @@
+module nsrun
+
+go 1.19
