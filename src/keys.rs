@@ -1,4 +1,5 @@
-//! Object keys and the capture folder layout (DESIGN §6).
+//! Object keys and the capture folder layout (docs/operations.md, "The
+//! object layout").
 //!
 //! Pure functions: identity parts, a time and a reason enter; a capture id
 //! and object keys leave, and the reverse: a capture folder's key splits

@@ -1,4 +1,4 @@
-//! How often: the capture quota (DESIGN §4).
+//! How often: the capture quotas (docs/how-it-works.md, "Admit").
 //!
 //! A [`Decision`] enters [`Admission::admit`]; `Permitted` or `Dropped`
 //! leaves, and every drop is counted by reason. The quota is a `governor`

@@ -1,4 +1,5 @@
-//! The durable local queue of capture bundles (DESIGN §6).
+//! The durable local queue of capture bundles (docs/how-it-works.md,
+//! "Spool: the durability protocol").
 //!
 //! The capture stage writes a bundle through a [`BundleWriter`]; the ship
 //! stage reads finished [`Bundle`]s and removes each only after every object

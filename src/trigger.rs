@@ -1,4 +1,5 @@
-//! When to capture: a pure state machine over memory samples (DESIGN §3).
+//! When to capture: a pure state machine over memory samples
+//! (docs/how-it-works.md, "Decide").
 //!
 //! [`Trigger::observe`] takes one [`Sample`] and returns at most one
 //! [`Decision`]. No I/O and no clock of its own: time comes from the samples,

@@ -364,7 +364,7 @@ fn a_too_small_poll_max_is_reported_as_poll_max() {
 /// is longer than 584 years"). The panic happens while the admission mutex
 /// is held, and the release build aborts on panic, so a pod owner can stop
 /// the sidecar with one annotation, and it crash-loops, since the file is
-/// read again at start. DESIGN §7: a bad annotation "never stops the
+/// read again at start. docs/configuration.md: a bad annotation "never stops the
 /// sidecar". `OOMSNAP_RATE_PERIOD` has the same shape at start-up.
 ///
 /// Fix: (1) src/annotations.rs, the `RATE_PERIOD` arm of `apply`: accept

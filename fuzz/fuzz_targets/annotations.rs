@@ -1,7 +1,7 @@
 //! Pod annotations: `parse_file` over the Downward API file, then `apply`
 //! over an environment whose target is `http://127.0.0.1:6060/debug/pprof`.
 //!
-//! Invariant (DESIGN §7): annotations choose a port and a path, never a
+//! Invariant (docs/security.md, "Annotations"): annotations choose a port and a path, never a
 //! host. Whatever the file says, the resulting target is an `http` URL on
 //! 127.0.0.1, with no userinfo, query or fragment. Applied twice (the second
 //! time with the first result as the last good value) it still holds.

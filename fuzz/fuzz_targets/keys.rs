@@ -1,7 +1,7 @@
 //! Object keys: `sanitize`, `capture_prefix`, `object_key` and
 //! `parse_compact_time` over arbitrary text.
 //!
-//! Invariants (DESIGN §6): a sanitised part is non-empty, ASCII, at most
+//! Invariants (docs/security.md, "Object keys"): a sanitised part is non-empty, ASCII, at most
 //! `MAX_PART` long, has no `/` and does not start with `.`; a capture's keys
 //! stay under the store prefix, exactly four parts below it, and each file
 //! is one more part.

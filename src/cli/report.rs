@@ -277,6 +277,10 @@ pub(crate) fn render(l: &Loaded, top: usize, commands: &[String], notes: &[Strin
     }
     let _ = writeln!(s, "\nprofiles");
     for p in &m.profiles {
+        if let Some(why) = &p.skipped {
+            let _ = writeln!(s, "  {:<18} SKIPPED: {why}", p.name);
+            continue;
+        }
         match &p.error {
             None => {
                 let _ = writeln!(
@@ -295,6 +299,7 @@ pub(crate) fn render(l: &Loaded, top: usize, commands: &[String], notes: &[Strin
         }
     }
     render_summary(&mut s, m, top);
+    render_memory(&mut s, m);
     let _ = writeln!(s, "\ndig further");
     if commands.is_empty() {
         let _ = writeln!(
@@ -309,6 +314,63 @@ pub(crate) fn render(l: &Loaded, top: usize, commands: &[String], notes: &[Strin
         let _ = writeln!(s, "note      {n}");
     }
     s
+}
+
+/// Where the working set went, part by part (the manifest's `memory`).
+fn render_memory(s: &mut String, m: &Manifest) {
+    let Some(b) = &m.memory else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\nworking set {}, where it went",
+        human_bytes(b.working_set_bytes)
+    );
+    let ws = b.working_set_bytes.max(1) as f64;
+    for p in &b.parts {
+        let detail = match (p.name.as_str(), &b.go) {
+            ("go_heap", Some(g)) => match (g.live_at_last_gc_bytes, g.allocated_since_gc_bytes) {
+                (Some(live), Some(since)) => format!(
+                    " (live at last GC {}, allocated since {})",
+                    human_bytes(live),
+                    human_bytes(since)
+                ),
+                _ => String::new(),
+            },
+            ("other", _) => " (not explained by the Go runtime or the cgroup)".into(),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:>10} {:>5.1}%  {}{detail}",
+            human_bytes(p.bytes),
+            p.bytes as f64 * 100.0 / ws,
+            part_name(&p.name)
+        );
+    }
+    if b.overcounted_bytes > 0 {
+        let _ = writeln!(
+            s,
+            "  (the parts add up to {} more than the working set: the sources were read a moment apart)",
+            human_bytes(b.overcounted_bytes)
+        );
+    }
+    if let Some(st) = b.staleness() {
+        let _ = writeln!(s, "  {st}");
+    }
+}
+
+fn part_name(key: &str) -> &str {
+    match key {
+        "go_heap" => "Go heap",
+        "go_heap_retained" => "Go heap retained, unused",
+        "go_stacks" => "goroutine stacks",
+        "go_runtime" => "Go runtime metadata",
+        "anon" => "anonymous memory",
+        "page_cache" => "page cache (active)",
+        "kernel" => "kernel",
+        other => other,
+    }
 }
 
 fn render_summary(s: &mut String, m: &Manifest, top: usize) {

@@ -159,7 +159,7 @@ pub fn mutate(request: &Request<'_>, scope: Scope, settings: &InjectSettings) ->
         scope = scope.name(),
         outcome = outcome.name(),
         reason = %reason,
-        warnings = ?response.warnings,
+        warnings = %response.warnings.join("; "),
         "admission decision"
     );
     AdmissionReview::answer(response)

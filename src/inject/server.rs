@@ -190,7 +190,7 @@ async fn handle_review(
     let Ok(Ok(_turn)) = tokio::time::timeout(wait, app.turns.acquire()).await else {
         tracing::warn!(
             max_concurrent = app.limits.max_concurrent,
-            waited = ?wait,
+            waited_ms = wait.as_millis() as u64,
             "too many reviews at once; answered 503 (the pod is created without the sidecar)"
         );
         return text(
@@ -270,8 +270,8 @@ where
 
     tracing::info!(
         %addr,
-        paths = ?[MUTATE_PATH, MUTATE_NAMESPACE_PATH],
-        ?limits,
+        paths = %format!("{MUTATE_PATH},{MUTATE_NAMESPACE_PATH}"),
+        max_concurrent = limits.max_concurrent,
         "serving the admission webhook"
     );
     let mut server = axum_server::from_tcp_rustls(listener, config)

@@ -1,4 +1,5 @@
-//! Finds the memory of the container next to us (DESIGN §2).
+//! Finds the memory of the container next to us (docs/how-it-works.md,
+//! "Locate").
 //!
 //! A [`LocateInput`] (from the configuration) enters; a [`MemorySource`]
 //! leaves, with the winning [`Strategy`] and a sentence saying why each

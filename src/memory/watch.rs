@@ -356,7 +356,7 @@ impl Watcher {
         let Some(p) = self.control.pending.lock().ok().and_then(|mut g| g.take()) else {
             return;
         };
-        tracing::info!(thresholds = ?p.thresholds, "trigger policy changed");
+        tracing::info!(thresholds = %p.thresholds.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","), "trigger policy changed");
         self.trigger.set_policy(p.clone());
         self.policy = p;
         // Re-register thresholds for the new rungs.
@@ -489,7 +489,7 @@ impl Watcher {
 
         // The limit moved, appeared or went away: v1 thresholds are in bytes.
         if sample.limit != loc.limit {
-            tracing::info!(limit = ?sample.limit, before = ?loc.limit, "the memory limit changed");
+            tracing::info!(limit_bytes = sample.limit, before_bytes = loc.limit, "the memory limit changed");
             loc.limit = sample.limit;
             if matches!(
                 loc.source.kind,

@@ -115,7 +115,7 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
         mode = mode.name(),
-        thresholds = ?thresholds,
+        thresholds = %thresholds.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
         profiles = %config.profiles.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
         store = %config.store,
         spool = %config.spool_dir.display(),
