@@ -93,6 +93,10 @@ pub struct Breakdown {
     /// sources were read a few milliseconds apart on a fast climb).
     #[serde(default)]
     pub overcounted_bytes: u64,
+    /// Retained heap Go has mapped but the kernel never backed (Go's parts
+    /// exceeded the cgroup's anonymous memory by this much): left out.
+    #[serde(default)]
+    pub go_mapped_not_resident_bytes: u64,
     pub go: Option<GoHeap>,
     pub sources: Vec<String>,
 }
@@ -129,26 +133,33 @@ pub fn compute(i: &Inputs) -> Breakdown {
         }
     };
     let mut go = None;
+    let mut not_resident = 0;
     if let Some(m) = &i.go {
         sources.push("go_memstats".to_string());
+        let runtime = sum(&[
+            m.mspan_inuse,
+            m.mcache_inuse,
+            m.buck_hash_sys,
+            m.gc_sys,
+            m.other_sys,
+        ]);
+        let mut retained = m
+            .heap_idle
+            .zip(m.heap_released)
+            .map(|(i, r)| i.saturating_sub(r));
+        // Go counts memory it has mapped; the kernel counts pages touched.
+        // Idle spans the heap grew into but never used are mapped, not
+        // resident: when Go's parts exceed the cgroup's anonymous memory,
+        // the excess comes out of the retained heap first.
+        let go_total = sum(&[m.heap_inuse, retained, m.stack_inuse, runtime]).unwrap_or(0);
+        if let (Some(anon), Some(r)) = (i.cgroup.and_then(|c| c.anon), retained.as_mut()) {
+            not_resident = go_total.saturating_sub(anon).min(*r);
+            *r -= not_resident;
+        }
         push("go_heap", m.heap_inuse);
-        push(
-            "go_heap_retained",
-            m.heap_idle
-                .zip(m.heap_released)
-                .map(|(i, r)| i.saturating_sub(r)),
-        );
+        push("go_heap_retained", retained);
         push("go_stacks", m.stack_inuse);
-        push(
-            "go_runtime",
-            sum(&[
-                m.mspan_inuse,
-                m.mcache_inuse,
-                m.buck_hash_sys,
-                m.gc_sys,
-                m.other_sys,
-            ]),
-        );
+        push("go_runtime", runtime);
         let age = match (m.last_gc, i.at) {
             (Some(ns), Some(at)) if ns > 0 => at
                 .duration_since(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns))
@@ -187,6 +198,7 @@ pub fn compute(i: &Inputs) -> Breakdown {
         parts,
         explained_bytes: explained,
         overcounted_bytes: explained.saturating_sub(ws),
+        go_mapped_not_resident_bytes: not_resident,
         go,
         sources,
     }
@@ -419,5 +431,24 @@ mod tests {
         });
         assert_eq!(b.part("other"), 0);
         assert!(b.overcounted_bytes > 0);
+    }
+
+    #[test]
+    fn retained_heap_that_was_never_touched_is_left_out() {
+        let mut m = go(75 * MIB, 73 * MIB, 158 * MIB);
+        m.heap_idle = Some(40 * MIB);
+        m.heap_released = Some(4 * MIB);
+        // Go's parts: 75 + 36 + 158 + ~8 runtime = ~277 MiB; resident: 245.
+        let b = compute(&Inputs {
+            cgroup: Some(cg(247 * MIB, 245 * MIB, 0)),
+            go: Some(m),
+            ..Default::default()
+        });
+        assert!(b.go_mapped_not_resident_bytes > 30 * MIB, "{b:#?}");
+        assert_eq!(
+            b.part("go_heap_retained"),
+            36 * MIB - b.go_mapped_not_resident_bytes
+        );
+        assert!(b.explained_bytes <= 247 * MIB + 4 * MIB, "{b:#?}");
     }
 }

@@ -46,8 +46,9 @@ pub struct CaptureEntry {
     pub profiles_failed: usize,
     pub profiles_skipped: usize,
     pub verdict: Option<String>,
-    /// For a provisional capture: `waiting`, `confirmed by <what>` or
-    /// `discarded` (deleted unshipped, so never a kill's evidence).
+    /// For a provisional capture: `waiting`, `confirmed by <what>`,
+    /// `discarded` or `dropped: …` (both deleted unshipped, so never a
+    /// kill's evidence).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provisional: Option<String>,
 }
@@ -118,7 +119,12 @@ pub fn attribute(
     let candidates: Vec<&CaptureEntry> = recent
         .iter()
         .filter(|c| c.reason != Reason::Baseline && c.profiles_ok > 0)
-        .filter(|c| c.provisional.as_deref() != Some("discarded"))
+        // Deleted unshipped: never a kill's evidence.
+        .filter(|c| {
+            !c.provisional
+                .as_deref()
+                .is_some_and(|p| p == "discarded" || p.starts_with("dropped"))
+        })
         .filter(|c| since.is_none_or(|s| c.decided_at > s) && c.decided_at <= at)
         .collect();
     let before = |c: &&&CaptureEntry| c.durable_at.is_some_and(|d| d <= at);

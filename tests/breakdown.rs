@@ -37,7 +37,12 @@ fn manifests(store: &Path) -> Vec<serde_json::Value> {
 
 /// Runs one scenario and returns the first capture after the baseline
 /// whose reason starts with `reason`.
-fn scenario(name: &str, args: &[&str], thresholds: &str, reason: &str) -> Option<serde_json::Value> {
+fn scenario(
+    name: &str,
+    args: &[&str],
+    thresholds: &str,
+    reason: &str,
+) -> Option<serde_json::Value> {
     let cg = MemCgroup::create(LIMIT)?;
     let dir = temp_dir("breakdown");
     let file = dir.path().join("cache.bin");
@@ -138,7 +143,16 @@ fn the_breakdown_adds_up_and_names_what_grew() {
     }
     let m = scenario(
         "goroutine leak",
-        &["-mode", "goroutines", "-count", "80000", "-rate", "40000", "-delay", "3s"],
+        &[
+            "-mode",
+            "goroutines",
+            "-count",
+            "80000",
+            "-rate",
+            "40000",
+            "-delay",
+            "3s",
+        ],
         "75,90",
         "threshold-",
     )
@@ -146,7 +160,18 @@ fn the_breakdown_adds_up_and_names_what_grew() {
     check("goroutine leak", &m, "stacks +");
     let m = scenario(
         "page cache",
-        &["-mode", "pagecache", "-file", "{file}", "-max", "170", "-rate", "100", "-delay", "3s"],
+        &[
+            "-mode",
+            "pagecache",
+            "-file",
+            "{file}",
+            "-max",
+            "170",
+            "-rate",
+            "100",
+            "-delay",
+            "3s",
+        ],
         "60",
         "threshold-",
     )

@@ -262,7 +262,7 @@ fn check_ls_get_report(store: &str, env: &[(String, String)], local: bool) {
     let rep = oomsnap(&["report", &id, "--store", store], env);
     assert!(rep.ok, "{}", rep.err);
     let report = rep.out;
-    assert!(report.contains("verdict   heap +"), "{report}");
+    assert!(report.contains("verdict   Go heap +"), "{report}");
     let growth = report
         .split("growth since baseline")
         .nth(1)

@@ -286,6 +286,7 @@ fn no_ca_bundle_is_needed_for_an_http_target_and_a_file_store() {
                 empty.join("none.pem").display().to_string(),
             ),
             ("SSL_CERT_DIR", empty.display().to_string()),
+            ("OOMSNAP_BASELINE_EVERY", "0".into()),
         ]),
     );
     let (code, body) = snap.capture();

@@ -286,14 +286,19 @@ fn manual_capture_ships_to_azurite() {
     let Some(az) = Azurite::start() else {
         return;
     };
-    let leaker = Leaker::spawn(None, &["-max", "8", "-baseline", "4"]);
+    // In a cgroup of its own: found by its name, measured against its own
+    // limit (the capture checks what each profile would cost it).
+    let Some(cg) = MemCgroup::create(1 << 30) else {
+        assert!(!require_live("a writable v1 memory cgroup"));
+        return;
+    };
+    let leaker = Leaker::spawn(Some(&cg), &["-max", "8", "-baseline", "4"]);
     let spool = temp_dir("az-spool");
     let env = OomsnapEnv::new()
         .with(az.env())
         .target(&leaker.pprof_base())
         .store(&az.store_url("az-e2e"))
         .spool(spool.path())
-        .set("OOMSNAP_MEMORY_LIMIT", "1Gi")
         .set("OOMSNAP_TARGET_PROCESS", "leaky")
         .pod("azns", "azpod");
     let out = env.command(&["capture"]).output().unwrap();

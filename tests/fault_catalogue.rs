@@ -199,6 +199,7 @@ fn a_full_or_read_only_spool_is_said_loudly_and_watching_goes_on() {
         .set("AWS_SECRET_ACCESS_KEY", "s")
         .set("AWS_REGION", "us-east-1")
         .set("OOMSNAP_RATE_BURST", 50)
+        .set("OOMSNAP_MANUAL_RATE_BURST", 50)
         .set("OOMSNAP_PROFILES", "heap,goroutine,goroutine-stacks");
     let snap = Oomsnap::run(&env);
     let mut failures = 0;

@@ -189,7 +189,8 @@ fn rig(prefix: &str, extra: &[(&str, &str)]) -> Option<Rig> {
         .target(&leaker.pprof_base())
         .store(&s3.store_url(prefix))
         .spool(spool.path())
-        .set("OOMSNAP_RATE_BURST", 20);
+        .set("OOMSNAP_RATE_BURST", 20)
+        .set("OOMSNAP_MANUAL_RATE_BURST", 20);
     for (k, v) in extra {
         env = env.set(k, v);
     }

@@ -29,7 +29,10 @@ fn json_log_lines_carry_plain_values() {
         assert!(!require_live("a writable v1 memory cgroup"));
         return;
     };
-    let mut leaker = Leaker::spawn(Some(&cg), &["-baseline", "16", "-rate", "64", "-delay", "3s"]);
+    let mut leaker = Leaker::spawn(
+        Some(&cg),
+        &["-baseline", "16", "-rate", "64", "-delay", "3s"],
+    );
     let dir = temp_dir("logs");
     let ann = dir.path().join("annotations");
     std::fs::write(&ann, "oomsnap.dev/thresholds=\"high\"\n").unwrap();
@@ -43,17 +46,21 @@ fn json_log_lines_carry_plain_values() {
         "the app was never OOM-killed"
     );
     let store = dir.path().join("store");
-    assert!(wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        files_under(&store).iter().any(|p| p.ends_with("oom.json"))
-    }));
+    assert!(wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || { files_under(&store).iter().any(|p| p.ends_with("oom.json")) }
+    ));
     let logs = snap.logs();
     drop(snap);
 
     let mut messages = Vec::new();
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-        let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {line}"));
         messages.push(obj["message"].as_str().unwrap_or_default().to_string());
         let mut all = Vec::new();
         strings("", &v, &mut all);
@@ -62,7 +69,10 @@ fn json_log_lines_carry_plain_values() {
                 !s.contains("Some(") && s != "None" && !s.contains("None)"),
                 "{key} holds Rust Debug text {s:?} in: {line}"
             );
-            assert!(!s.contains('\u{1b}'), "{key} holds an escape code in: {line}");
+            assert!(
+                !s.contains('\u{1b}'),
+                "{key} holds an escape code in: {line}"
+            );
             // A number written as text is a number a pipeline cannot sum.
             let numeric = ["_bytes", "_ms", "_seconds", "percent", "_count"]
                 .iter()
@@ -76,7 +86,12 @@ fn json_log_lines_carry_plain_values() {
                 "{key} holds a Debug list {s:?} in: {line}"
             );
         }
-        for key in ["working_set_bytes", "limit_bytes", "percent", "lead_seconds"] {
+        for key in [
+            "working_set_bytes",
+            "limit_bytes",
+            "percent",
+            "lead_seconds",
+        ] {
             if let Some(x) = obj.get(key) {
                 assert!(x.is_number(), "{key} is not a JSON number in: {line}");
             }

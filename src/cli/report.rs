@@ -355,6 +355,13 @@ fn render_memory(s: &mut String, m: &Manifest) {
             human_bytes(b.overcounted_bytes)
         );
     }
+    if b.go_mapped_not_resident_bytes > 0 {
+        let _ = writeln!(
+            s,
+            "  (the Go runtime holds {} more mapped than the kernel has backed: retained heap never touched, left out)",
+            human_bytes(b.go_mapped_not_resident_bytes)
+        );
+    }
     if let Some(st) = b.staleness() {
         let _ = writeln!(s, "  {st}");
     }

@@ -489,7 +489,11 @@ impl Watcher {
 
         // The limit moved, appeared or went away: v1 thresholds are in bytes.
         if sample.limit != loc.limit {
-            tracing::info!(limit_bytes = sample.limit, before_bytes = loc.limit, "the memory limit changed");
+            tracing::info!(
+                limit_bytes = sample.limit,
+                before_bytes = loc.limit,
+                "the memory limit changed"
+            );
             loc.limit = sample.limit;
             if matches!(
                 loc.source.kind,

@@ -70,16 +70,30 @@ impl Pipeline {
         let shared = self.shared.clone();
         match a {
             Action::Confirm { id, by } => {
+                // Confirmed, it is a near-OOM capture like any other and
+                // takes its unit of the near-OOM quota; with none left it is
+                // dropped like any decision over the quota, so the quota
+                // bounds what ships whatever the mix of captures.
                 let charged = self
                     .shared
                     .admission
                     .lock()
                     .map(|mut q| q.charge())
                     .unwrap_or(true);
+                if !charged {
+                    self.count_drop(&Reason::Imminent, "quota");
+                    tracing::info!(
+                        capture = %id,
+                        confirmed_by = %by,
+                        "a provisional capture is confirmed, but the quota (OOMSNAP_RATE_BURST per OOMSNAP_RATE_PERIOD) is spent: it is dropped"
+                    );
+                    self.mark(&id, format!("dropped: the quota was spent when {by} confirmed it"));
+                    self.remove(spool, shared, id);
+                    return;
+                }
                 tracing::info!(
                     capture = %id,
                     confirmed_by = %by,
-                    within_quota = charged,
                     "a provisional capture is confirmed and ships"
                 );
                 self.mark(&id, format!("confirmed by {by}"));
@@ -109,16 +123,26 @@ impl Pipeline {
                     })
                     .inc();
                 self.mark(&id, "discarded".into());
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = spool.discard(&id) {
-                        shared.problems.set(
-                            ProblemKind::Spool,
-                            format!("cannot discard the provisional capture {id}: {e}"),
-                        );
-                    }
-                    shared.refresh_spool_view();
-                });
+                self.remove(spool, shared, id);
             }
         }
+    }
+
+    /// Deletes a provisional bundle, off the runtime thread.
+    fn remove(
+        &self,
+        spool: crate::spool::Spool,
+        shared: std::sync::Arc<crate::state::Shared>,
+        id: String,
+    ) {
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = spool.discard(&id) {
+                shared.problems.set(
+                    ProblemKind::Spool,
+                    format!("cannot discard the provisional capture {id}: {e}"),
+                );
+            }
+            shared.refresh_spool_view();
+        });
     }
 }
