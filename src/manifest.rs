@@ -8,8 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-/// The manifest format this build writes.
-pub const SCHEMA: u32 = 1;
+/// The manifest format this build writes. 2 added the working set's
+/// breakdown (`memory`, `go_memstats`, `cgroup_memory`), skipped profiles,
+/// the pprof index's counts and `confirmed_by`; every field 1 had keeps its
+/// meaning, and readers of 2 read 1.
+pub const SCHEMA: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const OOM_FILE: &str = "oom.json";
 
