@@ -69,7 +69,7 @@ pub async fn capture(config: Config) -> Result<(String, Manifest), OneshotError>
     let id = spool.unique_id(&keys::capture_id(SystemTime::now(), "manual"));
     let key = keys::capture_prefix(&shipper.store.prefix, &config.identity, &id).to_string();
     let settings = CaptureSettings::from_config(&config);
-    let mut m = crate::capture::draft(
+    let m = crate::capture::draft(
         &config,
         settings.target.clone(),
         source.as_ref(),
@@ -85,14 +85,19 @@ pub async fn capture(config: Config) -> Result<(String, Manifest), OneshotError>
             source,
         })?;
     let (capturer, _) = Capturer::new(&config.target);
-    capturer
-        .fetch_all(&settings, &writer, &mut m, Instant::now(), &|| Some(sample))
+    let (m, finished) = capturer
+        .complete(
+            &settings,
+            writer,
+            m,
+            Instant::now(),
+            &|| Some(sample),
+            source,
+            spool.dir().to_path_buf(),
+            false,
+        )
         .await;
-    let cgroup = source
-        .as_ref()
-        .and_then(|s| crate::capture::cgroup_now(s, &mut m));
-    crate::summary::summarise(writer.dir(), spool.dir(), &mut m, false, cgroup);
-    let finished = Capturer::finish(writer, &m).await;
+    finished.map_err(|e| OneshotError::Other(e.to_string()))?;
     let bundle = spool
         .bundles()
         .map_err(|e| OneshotError::Other(e.to_string()))?
@@ -110,6 +115,18 @@ pub async fn capture(config: Config) -> Result<(String, Manifest), OneshotError>
                 humantime::format_duration(config.shutdown_grace)
             ))
         })?;
-    finished.map_err(|e| OneshotError::Other(e.to_string()))?;
+    // Shipped first, so the evidence of a dead target is kept; then the
+    // person at the terminal hears that nothing was captured.
+    let errors: Vec<String> = m
+        .profiles
+        .iter()
+        .filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.name)))
+        .collect();
+    if !m.profiles.iter().any(|p| p.ok()) && !errors.is_empty() {
+        return Err(OneshotError::Other(format!(
+            "every profile of capture {id} failed (the manifest is shipped at {key}): {}",
+            errors.join("; ")
+        )));
+    }
     Ok((key, m))
 }

@@ -69,8 +69,6 @@ pub enum CaptureError {
     Spool(#[from] SpoolError),
     #[error("the task writing the manifest failed: {0}")]
     Task(String),
-    #[error("every profile of capture {id} failed: {errors}")]
-    AllFailed { id: String, errors: String },
 }
 
 /// The HTTP side of captures.
@@ -78,6 +76,9 @@ pub enum CaptureError {
 pub struct Capturer {
     client: reqwest::Client,
 }
+
+/// The longest wait for the runtime's numbers after the profiles.
+pub const MEMSTATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many bytes of a bad body are quoted in the manifest.
 const QUOTE: usize = 48;
@@ -237,9 +238,23 @@ impl Capturer {
         // they are then as close as they can be to the cgroup reading that
         // follows. They cost the app a few tens of KiB (a heap profile in
         // text whose trailer is read as it streams past).
-        match self.memstats(settings).await {
-            Ok(m) => draft.go_memstats = Some(m),
-            Err(e) => draft.go_memstats_error = Some(e),
+        // The text heap profile costs the app what a heap profile does, so
+        // the same headroom gate applies: never the profile that kills it.
+        let (working_set, limit) = latest()
+            .map(|s| (s.working_set, s.limit))
+            .unwrap_or((0, None));
+        let gate = cost::plan(&[ProfileKind::Heap], counts.as_ref(), working_set, limit, 0);
+        match gate.into_iter().next().map(|(_, _, v)| v) {
+            Some(cost::Verdict::Skip(why)) => {
+                draft.go_memstats_error = Some(format!(
+                    "not read ({}/heap?debug=1): {why}",
+                    settings.target
+                ));
+            }
+            _ => match self.memstats(settings).await {
+                Ok(m) => draft.go_memstats = Some(m),
+                Err(e) => draft.go_memstats_error = Some(e),
+            },
         }
         draft.target_counts = counts;
         draft.profiles = records;
@@ -247,8 +262,10 @@ impl Capturer {
     }
 
     /// The Go runtime's `MemStats`, read from the trailer of
-    /// `heap?debug=1` as the body streams past (never held), within the
-    /// fetch timeout and the profile size cap.
+    /// `heap?debug=1` as the body streams past (never held), within
+    /// [`MEMSTATS_TIMEOUT`] (or the fetch timeout, if shorter) and the
+    /// profile size cap. They are context for the breakdown, not evidence,
+    /// so a slow target does not hold the capture back for long.
     pub async fn memstats(
         &self,
         settings: &CaptureSettings,
@@ -279,34 +296,58 @@ impl Capturer {
             }
             parser.finish().map_err(|e| e.to_string())
         };
-        tokio::time::timeout(settings.fetch_timeout, read)
+        let timeout = settings.fetch_timeout.min(MEMSTATS_TIMEOUT);
+        tokio::time::timeout(timeout, read)
             .await
-            .map_err(|_| "the target did not answer within OOMSNAP_FETCH_TIMEOUT".to_string())?
+            .map_err(|_| {
+                format!(
+                    "{url}: the target did not answer within {} (the shorter of OOMSNAP_FETCH_TIMEOUT and the runtime numbers' own bound)",
+                    humantime::format_duration(timeout)
+                )
+            })?
             .map_err(|e| format!("{url}: {e}"))
     }
 
-    /// Writes the manifest and completes the bundle, off the runtime. A
-    /// manifest whose profiles all failed is still shipped: it is evidence
-    /// that the target could not answer while memory was high.
-    pub async fn finish(writer: BundleWriter, manifest: &Manifest) -> Result<(), CaptureError> {
+    /// The whole capture after its bundle is begun: fetch every profile,
+    /// read the cgroup and summarise off the runtime, then write the
+    /// manifest and complete the bundle. `run` and `oomsnap capture` both
+    /// take this path, so a capture means the same thing in both. The
+    /// manifest comes back even when finishing failed, for the caller to
+    /// report; a manifest whose profiles all failed is still shipped, as
+    /// evidence that the target could not answer while memory was high.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn complete(
+        &self,
+        settings: &CaptureSettings,
+        writer: BundleWriter,
+        mut draft: Manifest,
+        t0: Instant,
+        latest: &(dyn Fn() -> Option<Sample> + Sync),
+        source: Option<crate::memory::MemorySource>,
+        spool_dir: std::path::PathBuf,
+        is_baseline: bool,
+    ) -> (Manifest, Result<(), CaptureError>) {
+        self.fetch_all(settings, &writer, &mut draft, t0, latest)
+            .await;
+        let dir = writer.dir().to_path_buf();
+        let plain = draft.clone();
+        // A summary is a convenience: if it fails, the profiles ship
+        // without one.
+        let manifest = tokio::task::spawn_blocking(move || {
+            // Read right after the runtime's numbers, so the two sides of
+            // the breakdown are a few milliseconds apart at most.
+            let cgroup = source.as_ref().and_then(|s| cgroup_now(s, &mut draft));
+            crate::summary::summarise(&dir, &spool_dir, &mut draft, is_baseline, cgroup);
+            draft
+        })
+        .await
+        .unwrap_or(plain);
         let m = manifest.clone();
-        tokio::task::spawn_blocking(move || writer.finish(&m))
-            .await
-            .map_err(|e| CaptureError::Task(e.to_string()))??;
-        if !manifest.profiles.iter().any(ProfileRecord::ok)
-            && manifest.profiles.iter().any(|p| p.error.is_some())
-        {
-            return Err(CaptureError::AllFailed {
-                id: manifest.capture_id.clone(),
-                errors: manifest
-                    .profiles
-                    .iter()
-                    .filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.name)))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            });
-        }
-        Ok(())
+        let result = match tokio::task::spawn_blocking(move || writer.finish(&m)).await {
+            Ok(r) => r.map(|_| ()).map_err(CaptureError::from),
+            Err(e) => Err(CaptureError::Task(e.to_string())),
+        };
+        (manifest, result)
     }
 
     async fn fetch(
