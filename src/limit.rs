@@ -41,6 +41,12 @@ pub struct Admission<C: Clock = DefaultClock> {
     dropped: BTreeMap<(String, String), u64>,
     permitted: u64,
     last_drop_log: Option<C::Instant>,
+    /// Until when the quota is thought spent: exact after a drop (the
+    /// limiter says when), an upper bound of one period after the last unit
+    /// was taken.
+    spent_until: Option<C::Instant>,
+    /// The cause a quota drop is counted under.
+    cause: &'static str,
 }
 
 impl Admission<DefaultClock> {
@@ -68,7 +74,16 @@ impl<C: Clock + Clone> Admission<C> {
             dropped: BTreeMap::new(),
             permitted: 0,
             last_drop_log: None,
+            spent_until: None,
+            cause: "quota",
         }
+    }
+
+    /// The same quota, its drops counted under `cause` instead of `quota`,
+    /// so two quotas can share one metric family without clashing labels.
+    pub fn counted_as(mut self, cause: &'static str) -> Self {
+        self.cause = cause;
+        self
     }
 
     /// Replaces the quota (annotations changed). The new quota starts full:
@@ -79,7 +94,8 @@ impl<C: Clock + Clone> Admission<C> {
         }
         let dropped = std::mem::take(&mut self.dropped);
         let permitted = self.permitted;
-        *self = Admission::with_clock(burst, period, self.clock.clone());
+        let cause = self.cause;
+        *self = Admission::with_clock(burst, period, self.clock.clone()).counted_as(cause);
         self.dropped = dropped;
         self.permitted = permitted;
     }
@@ -90,40 +106,48 @@ impl<C: Clock + Clone> Admission<C> {
             self.permitted += 1;
             return Verdict::Permitted;
         }
-        match self.limiter.check() {
-            Ok(snapshot) => {
-                self.remaining = snapshot.remaining_burst_capacity();
-                self.permitted += 1;
-                Verdict::Permitted
-            }
-            Err(not_until) => {
-                self.remaining = 0;
+        match self.take() {
+            Ok(()) => Verdict::Permitted,
+            Err(retry_in) => {
                 *self
                     .dropped
-                    .entry((d.reason.label(), "quota".into()))
+                    .entry((d.reason.label(), self.cause.into()))
                     .or_default() += 1;
-                Verdict::Dropped {
-                    retry_in: not_until.wait_time_from(self.clock.now()),
-                }
+                Verdict::Dropped { retry_in }
             }
         }
     }
 
     /// Spends one unit of the quota outside a decision (a provisional
-    /// capture that was confirmed); false when none was left, which is
-    /// recorded but does not undo the capture.
+    /// capture that was confirmed). False when none was left: the caller
+    /// drops the capture and counts the drop.
     pub fn charge(&mut self) -> bool {
+        self.take().is_ok()
+    }
+
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = self.clock.now();
         match self.limiter.check() {
             Ok(snapshot) => {
                 self.remaining = snapshot.remaining_burst_capacity();
                 self.permitted += 1;
-                true
+                self.spent_until = (self.remaining == 0).then(|| now + self.period.into());
+                Ok(())
             }
-            Err(_) => {
+            Err(not_until) => {
                 self.remaining = 0;
-                false
+                let retry_in = not_until.wait_time_from(now);
+                self.spent_until = Some(now + retry_in.into());
+                Err(retry_in)
             }
         }
+    }
+
+    /// Whether the quota is probably spent now, without spending any: true
+    /// from the moment the last unit is taken until at most one period
+    /// later. Used to skip work whose only use would need a unit.
+    pub fn likely_spent(&self) -> bool {
+        self.spent_until.is_some_and(|t| self.clock.now() < t)
     }
 
     /// Counts a decision dropped for another cause (captures paused, a
@@ -227,6 +251,27 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(a.admit(&d), Verdict::Permitted);
         }
+    }
+
+    #[test]
+    fn likely_spent_follows_the_last_unit() {
+        let clock = FakeRelativeClock::default();
+        let mut a = Admission::with_clock(2, Duration::from_secs(60), clock.clone())
+            .counted_as("speculative_quota");
+        assert!(!a.likely_spent());
+        assert!(a.charge());
+        assert!(!a.likely_spent());
+        assert!(a.charge());
+        assert!(a.likely_spent());
+        clock.advance(Duration::from_secs(61));
+        assert!(!a.likely_spent());
+        assert!(a.charge());
+        assert!(matches!(
+            a.admit(&decision(Reason::Imminent)),
+            Verdict::Dropped { .. }
+        ));
+        assert!(a.likely_spent());
+        assert_eq!(a.dropped_by_cause().get("speculative_quota"), Some(&1));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -97,8 +97,6 @@ pub struct SpoolView {
     pub bundles: usize,
     /// The newest [`WAITING_LISTED`] bundles.
     pub waiting: Vec<WaitingBundle>,
-    #[serde(skip)]
-    pub refreshed: Option<Instant>,
 }
 
 /// The spool and the shipper, once they open. Either may never open (a
@@ -145,6 +143,13 @@ pub struct Shared {
     /// The tunables as annotations last set them.
     pub tunables: Mutex<Option<Tunables>>,
     pub spool_view: Mutex<SpoolView>,
+    /// The key prefix of `OOMSNAP_STORE`, parsed once. Taken from the
+    /// configured URL, not the opened store: a capture taken before the
+    /// store opens (or while it cannot) still ships under the right key.
+    pub store_prefix: object_store::path::Path,
+    /// `oomsnap watch`: nothing is captured or shipped, so readiness does
+    /// not wait for a store.
+    pub watch_only: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -161,12 +166,15 @@ impl Shared {
                 config.manual_rate_burst,
                 config.rate_period,
             )),
-            speculative_admission: Mutex::new(Admission::new(
-                config.rate_burst,
-                config.rate_period,
-            )),
+            speculative_admission: Mutex::new(
+                Admission::new(config.rate_burst, config.rate_period)
+                    .counted_as("speculative_quota"),
+            ),
             provisional: Mutex::new(Vec::new()),
             capture_settings: RwLock::new(CaptureSettings::from_config(&config)),
+            store_prefix: crate::store::StoreUrl::parse(&config.store)
+                .map(|u| u.prefix())
+                .unwrap_or_default(),
             config,
             started: SystemTime::now(),
             watch: Arc::new(WatchState::default()),
@@ -178,6 +186,7 @@ impl Shared {
             oom_kills: AtomicU64::new(0),
             metrics: Metrics::default(),
             tunables: Mutex::new(None),
+            watch_only: AtomicBool::new(false),
             spool_view: Mutex::new(SpoolView::default()),
         })
     }
@@ -212,10 +221,18 @@ impl Shared {
                     bytes: b.bytes,
                 })
                 .collect(),
-            refreshed: Some(Instant::now()),
         };
         if let Ok(mut v) = self.spool_view.lock() {
             *v = view;
         }
     }
+}
+
+/// How long a manual request may wait for its capture: long enough for a
+/// cpu profile, a full fetch and the spool.
+pub fn manual_wait(c: &Config) -> Duration {
+    c.fetch_timeout
+        .saturating_mul(2)
+        .saturating_add(c.cpu_profile_duration)
+        .saturating_add(Duration::from_secs(5))
 }

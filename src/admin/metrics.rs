@@ -175,19 +175,21 @@ impl Collector for StateCollector {
         {
             let mut fam = enc.encode_descriptor(
                 "oomsnap_captures_dropped",
-                "Capture decisions not taken, by the decision's reason and the cause (quota, paused, superseded, outranked, no_spool, spool, shutdown)",
+                "Capture decisions not taken, by the decision's reason and the cause (quota, speculative_quota, paused, superseded, outranked, no_spool, spool, shutdown)",
                 None,
                 ConstCounter::new(0u64).metric_type(),
             )?;
-            for a in [&s.admission, &s.manual_admission] {
+            // Summed over the three quotas: one label set appears once.
+            let mut dropped = std::collections::BTreeMap::<_, u64>::new();
+            for a in [&s.admission, &s.manual_admission, &s.speculative_admission] {
                 if let Ok(a) = a.lock() {
-                    for ((reason, cause), n) in a.dropped() {
-                        ConstCounter::new(*n).encode(fam.encode_family(&DropLabels {
-                            reason: reason.clone(),
-                            cause: cause.clone(),
-                        })?)?;
+                    for (labels, n) in a.dropped() {
+                        *dropped.entry(labels.clone()).or_default() += n;
                     }
                 }
+            }
+            for ((reason, cause), n) in dropped {
+                ConstCounter::new(n).encode(fam.encode_family(&DropLabels { reason, cause })?)?;
             }
         }
         let remaining = |a: &std::sync::Mutex<crate::limit::Admission>| {

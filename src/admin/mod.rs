@@ -8,8 +8,8 @@
 //!
 //! - `GET /healthz` — 200 while the watcher thread is alive (its loop
 //!   turned recently), whatever else is degraded;
-//! - `GET /readyz` — 503 until a memory source is located and the store has
-//!   answered once (informational: the shipped manifests put no readiness
+//! - `GET /readyz` — 503 until a memory source is located and (under `run`)
+//!   the store has answered once (informational: the shipped manifests put no readiness
 //!   probe on the sidecar, because a NotReady sidecar makes the pod
 //!   NotReady);
 //! - `GET /metrics` — Prometheus text, units in the names;
@@ -59,7 +59,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// smallest allowed value; the requests served here are tiny).
 pub const MAX_BUF_BYTES: usize = 8192;
 /// No connection lives longer, whatever it does. A manual capture's reply
-/// must fit in it ([`crate::run::manual_wait`] is shorter by default).
+/// must fit in it ([`crate::state::manual_wait`] is shorter by default).
 pub const CONNECTION_MAX: Duration = Duration::from_secs(60);
 /// The largest request body (`POST /capture` takes none).
 pub const MAX_BODY_BYTES: usize = 1024;
@@ -215,7 +215,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             .unwrap_or_default();
         missing.push(format!("no memory source is located yet {why}"));
     }
+    let watch_only = s.watch_only.load(std::sync::atomic::Ordering::Relaxed);
     match s.storage.shipper.get() {
+        _ if watch_only => {}
         Some(ship)
             if ship
                 .stats
@@ -368,7 +370,7 @@ async fn capture(
         )
             .into_response();
     }
-    let wait = crate::run::manual_wait(&s.config).min(CONNECTION_MAX - Duration::from_secs(1));
+    let wait = crate::state::manual_wait(&s.config).min(CONNECTION_MAX - Duration::from_secs(1));
     match tokio::time::timeout(wait, rx).await {
         Ok(Ok(o)) => (http_status(&o), Json(outcome_json(&o))).into_response(),
         _ => (

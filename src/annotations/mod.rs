@@ -139,8 +139,15 @@ impl Follower {
             s.profiles = next.profiles.clone();
             s.target = next.target.clone();
         }
-        if let Ok(mut a) = self.shared.admission.lock() {
-            a.reconfigure(next.rate_burst, next.rate_period);
+        // The speculative quota mirrors the near-OOM one; the manual quota
+        // keeps its own burst but shares the period.
+        for a in [&self.shared.admission, &self.shared.speculative_admission] {
+            if let Ok(mut a) = a.lock() {
+                a.reconfigure(next.rate_burst, next.rate_period);
+            }
+        }
+        if let Ok(mut a) = self.shared.manual_admission.lock() {
+            a.reconfigure(self.shared.config.manual_rate_burst, next.rate_period);
         }
         if prev.thresholds != next.thresholds {
             if let Some(c) = control {
