@@ -180,6 +180,22 @@ impl Problems {
         }
     }
 
+    /// Clears a problem of `kind` only when its message passes `which`: a
+    /// success of one operation must not clear another's fault of the same
+    /// kind (a capture that spooled does not make a stuck spool bound work).
+    pub fn clear_if(&self, kind: ProblemKind, which: impl Fn(&str) -> bool) {
+        let gone = self.active.lock().ok().and_then(|mut a| {
+            if a.get(&kind).is_some_and(|e| which(&e.message)) {
+                a.remove(&kind)
+            } else {
+                None
+            }
+        });
+        if let Some(e) = gone {
+            tracing::info!(problem = kind.name(), was = %e.message, "resolved");
+        }
+    }
+
     /// Sets the problem when `message` is `Some`, clears it otherwise.
     pub fn report(&self, kind: ProblemKind, message: Option<String>) {
         match message {
@@ -231,6 +247,21 @@ mod tests {
         assert_eq!(p.snapshot()[0].message, "the store answers 403");
         p.report(ProblemKind::Store, None);
         assert!(p.snapshot().is_empty());
+    }
+
+    #[test]
+    fn clear_if_leaves_another_fault_of_the_same_kind() {
+        let p = Problems::default();
+        p.set(ProblemKind::Spool, "cannot keep the spool bounded: EACCES");
+        p.clear_if(ProblemKind::Spool, |m| {
+            m.starts_with("cannot spool a capture")
+        });
+        assert!(p.is_active(ProblemKind::Spool));
+        p.set(ProblemKind::Spool, "cannot spool a capture: ENOSPC");
+        p.clear_if(ProblemKind::Spool, |m| {
+            m.starts_with("cannot spool a capture")
+        });
+        assert!(!p.is_active(ProblemKind::Spool));
     }
 
     #[test]

@@ -28,7 +28,10 @@ use crate::memory::watch::{self as watcher, WatchConfig};
 use crate::problems::ProblemKind;
 use crate::state::Shared;
 
-pub use pipeline::manual_wait;
+/// How long shutdown waits for the watcher thread to stop.
+const WATCHER_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long start-up waits for the spool's first opening attempt.
+const FIRST_SPOOL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether captures are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,9 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     } = loaded;
     let (manual_tx, mut manual_rx) = mpsc::channel(4);
     let shared = Shared::new(config.clone(), manual_tx);
+    shared
+        .watch_only
+        .store(mode == Mode::Watch, std::sync::atomic::Ordering::Relaxed);
     let mut said: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
     if !said.is_empty() {
         said.push("each bad variable uses its default (see `oomsnap help config`)".into());
@@ -68,21 +74,36 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    if mode == Mode::Run {
-        // The first attempt before the watcher starts, so the start-up
-        // baseline finds the spool open; the supervisor retries if not.
-        storage::open_spool(&shared, std::time::Duration::from_secs(1)).await;
-    }
-    let storage = (mode == Mode::Run).then(|| {
-        tokio::spawn(storage::supervise(
-            shared.clone(),
-            !errors.names(STORE),
-            stop_rx.clone(),
-        ))
-    });
+    // The admin server first: /healthz must answer even while a spool on a
+    // hung volume is still being opened.
     let admin = config
         .admin_addr
         .map(|addr| crate::admin::spawn(addr, shared.clone()));
+    let storage = (mode == Mode::Run).then(|| {
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(storage::supervise(
+            shared.clone(),
+            !errors.names(STORE),
+            stop_rx.clone(),
+            first_tx,
+        ));
+        (task, first_rx)
+    });
+    let storage = match storage {
+        Some((task, first)) => {
+            // Wait briefly for the first attempt, so the start-up baseline
+            // finds the spool open; a slow volume only delays the spool.
+            if tokio::time::timeout(FIRST_SPOOL_WAIT, first).await.is_err() {
+                tracing::warn!(
+                    spool = %config.spool_dir.display(),
+                    waited = %humantime::format_duration(FIRST_SPOOL_WAIT),
+                    "the spool is still opening; watching starts without it"
+                );
+            }
+            Some(task)
+        }
+        None => None,
+    };
 
     let follower = crate::annotations::Follower::load(shared.clone()).await;
     let mut watch_config = WatchConfig::from_config(&config);
@@ -108,7 +129,7 @@ pub async fn run(loaded: Loaded, mode: Mode) {
         shared.problems.set(ProblemKind::Target, why);
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let mut p = pipeline::Pipeline::new(shared.clone(), mode, capturer, done_tx);
+    let mut p = pipeline::Pipeline::new(shared.clone(), mode, capturer, done_tx, watcher.is_some());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -174,7 +195,15 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     if let Some(t) = annotations {
         t.abort();
     }
+    // The watcher wakes within its poll interval to see the stop; a thread
+    // stuck in a read of a sick cgroup file is left behind, not waited for.
     if let Some((_, thread)) = watcher {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let join = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(WATCHER_JOIN_WAIT, join).await.is_err() {
+            tracing::warn!(
+                waited = %humantime::format_duration(WATCHER_JOIN_WAIT),
+                "shutdown: the watcher thread did not stop in time; exiting without it"
+            );
+        }
     }
 }

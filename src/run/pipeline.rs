@@ -69,10 +69,20 @@ pub(crate) struct Pipeline {
     done_tx: mpsc::UnboundedSender<Finished>,
     /// When the last kill was attributed; captures before it are its own.
     last_kill: Option<SystemTime>,
-    /// A kill seen while a capture was running: it may be that capture's.
-    pending_oom: Option<(SystemTime, Evidence, Option<Sample>)>,
+    /// Kills seen while a capture was running: they may be that capture's.
+    /// A crash-looping app can be killed twice during one slow capture.
+    pending_oom: Vec<(SystemTime, Evidence, Option<Sample>)>,
+    /// How many `oom.json` records this process has spooled.
+    oom_seq: u64,
     provisional: Provisional,
+    /// False when the watcher thread could not start: its problem then
+    /// stands as `run` set it instead of being mirrored every second.
+    watching: bool,
 }
+
+/// How the problem of a capture that could not be spooled begins; only a
+/// capture that spools clears it.
+const SPOOL_WRITE: &str = "cannot spool a capture";
 
 fn reply(r: Option<Reply>, outcome: ManualOutcome) {
     if let Some(r) = r {
@@ -86,6 +96,7 @@ impl Pipeline {
         mode: Mode,
         capturer: Capturer,
         done_tx: mpsc::UnboundedSender<Finished>,
+        watching: bool,
     ) -> Pipeline {
         Pipeline {
             shared,
@@ -97,8 +108,10 @@ impl Pipeline {
             running: None,
             done_tx,
             last_kill: None,
-            pending_oom: None,
+            pending_oom: Vec::new(),
+            oom_seq: 0,
             provisional: Provisional::default(),
+            watching,
         }
     }
 
@@ -185,6 +198,22 @@ impl Pipeline {
         } = job;
         let label = d.reason.label();
         let provisional = self.is_speculative(&d);
+        // A provisional capture ships only by taking a unit of the near-OOM
+        // quota when confirmed: with that spent, it would cost the app a
+        // capture for nothing.
+        if provisional && self.shared.admission.lock().is_ok_and(|a| a.likely_spent()) {
+            if let Ok(mut a) = self.shared.speculative_admission.lock() {
+                a.count_drop(&label, "speculative_quota");
+            }
+            tracing::debug!("provisional capture not started: the near-OOM quota is spent, so it could not ship");
+            reply(
+                r,
+                ManualOutcome::QuotaSpent {
+                    retry_in: Duration::ZERO,
+                },
+            );
+            return Err(());
+        }
         let admission = match d.reason {
             Reason::Manual => &self.shared.manual_admission,
             _ if provisional => &self.shared.speculative_admission,
@@ -204,7 +233,11 @@ impl Pipeline {
                     reason = %label,
                     retry_in_seconds = retry_in.as_secs(),
                     "capture dropped: the quota is spent ({}); further drops are counted, not logged, until the period passes",
-                    if d.reason == Reason::Manual { "OOMSNAP_MANUAL_RATE_BURST per OOMSNAP_RATE_PERIOD" } else { "OOMSNAP_RATE_BURST per OOMSNAP_RATE_PERIOD" }
+                    match (d.reason == Reason::Manual, provisional) {
+                        (true, _) => "OOMSNAP_MANUAL_RATE_BURST per OOMSNAP_RATE_PERIOD",
+                        (false, true) => "the speculative quota: OOMSNAP_RATE_BURST provisional captures per OOMSNAP_RATE_PERIOD",
+                        (false, false) => "OOMSNAP_RATE_BURST per OOMSNAP_RATE_PERIOD",
+                    }
                 );
             }
             reply(r, ManualOutcome::QuotaSpent { retry_in });
@@ -221,20 +254,16 @@ impl Pipeline {
             return Err(());
         };
         let id = spool.unique_id(&keys::capture_id(d.sample.wall, &label));
-        // From the configured URL, not the opened store: a capture taken
-        // before the store opens (or while it cannot) must still ship under
-        // the right key once it does.
-        let prefix = crate::store::StoreUrl::parse(&self.shared.config.store)
-            .map(|u| u.prefix())
-            .unwrap_or_default();
-        let key = keys::capture_prefix(&prefix, &self.shared.config.identity, &id).to_string();
+        let key =
+            keys::capture_prefix(&self.shared.store_prefix, &self.shared.config.identity, &id)
+                .to_string();
         let settings = self
             .shared
             .capture_settings
             .read()
             .map(|s| s.clone())
             .unwrap_or_else(|_| CaptureSettings::from_config(&self.shared.config));
-        let mut draft = crate::capture::draft(
+        let draft = crate::capture::draft(
             &self.shared.config,
             settings.target.clone(),
             self.source.as_ref(),
@@ -248,7 +277,7 @@ impl Pipeline {
             Err(e) => {
                 self.shared.problems.set(
                     ProblemKind::Spool,
-                    format!("cannot spool a capture: {e}; is the spool directory writable and not full?"),
+                    format!("{SPOOL_WRITE}: {e}; is the spool directory writable and not full?"),
                 );
                 self.count_drop(&d.reason, "spool");
                 reply(r, ManualOutcome::SpoolFailed { why: e.to_string() });
@@ -289,27 +318,19 @@ impl Pipeline {
         let t0 = d.sample.at;
         tokio::spawn(async move {
             let latest = || watch.last.lock().ok().and_then(|l| *l);
-            capturer
-                .fetch_all(&settings, &writer, &mut draft, t0, &latest)
+            let (manifest, result) = capturer
+                .complete(
+                    &settings,
+                    writer,
+                    draft,
+                    t0,
+                    &latest,
+                    source,
+                    spool_dir,
+                    is_baseline,
+                )
                 .await;
-            let dir = writer.dir().to_path_buf();
-            let plain = draft.clone();
-            // A summary is a convenience: if it fails, the profiles ship
-            // without one.
-            let manifest = tokio::task::spawn_blocking(move || {
-                // Read right after the runtime's numbers, so the two sides of
-                // the breakdown are a few milliseconds apart at most.
-                let cgroup = source
-                    .as_ref()
-                    .and_then(|s| crate::capture::cgroup_now(s, &mut draft));
-                crate::summary::summarise(&dir, &spool_dir, &mut draft, is_baseline, cgroup);
-                draft
-            })
-            .await
-            .unwrap_or(plain);
-            let result = Capturer::finish(writer, &manifest)
-                .await
-                .map_err(|e| e.to_string());
+            let result = result.map_err(|e| e.to_string());
             let _ = done.send(Finished { manifest, result });
         });
         Ok(())
@@ -363,7 +384,9 @@ impl Pipeline {
         };
         match &f.result {
             Ok(()) => {
-                self.shared.problems.clear(ProblemKind::Spool);
+                self.shared
+                    .problems
+                    .clear_if(ProblemKind::Spool, |m| m.starts_with(SPOOL_WRITE));
                 tracing::info!(
                     capture = %run.id,
                     key = %run.key,
@@ -452,7 +475,7 @@ impl Pipeline {
         if let Some(s) = self.shared.storage.shipper.get() {
             s.wake.notify_one();
         }
-        if let Some((at, evidence, last)) = self.pending_oom.take() {
+        for (at, evidence, last) in std::mem::take(&mut self.pending_oom) {
             self.write_oom(at, evidence, last);
         }
         if next {
@@ -506,6 +529,11 @@ impl Pipeline {
     /// mirrored into the registry, and provisional captures past their
     /// window are discarded.
     pub fn tick(&mut self) {
+        if !self.watching {
+            // The thread never started; its problem stands as `run` set it.
+            self.expire();
+            return;
+        }
         let problem = self
             .shared
             .watch
@@ -567,13 +595,4 @@ impl Pipeline {
             reply(job.reply, ManualOutcome::ShuttingDown);
         }
     }
-}
-
-/// How long a manual request may wait for its capture: long enough for a
-/// cpu profile, a full fetch and the spool.
-pub fn manual_wait(c: &crate::config::Config) -> Duration {
-    c.fetch_timeout
-        .saturating_mul(2)
-        .saturating_add(c.cpu_profile_duration)
-        .saturating_add(Duration::from_secs(5))
 }

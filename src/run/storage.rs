@@ -38,9 +38,8 @@ async fn stopped_within(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 }
 
 /// One attempt to open (and recover) the spool; on success it is published
-/// in [`Shared::storage`]. `run` makes the first attempt before the watcher
-/// starts, so the start-up baseline finds the spool open.
-pub(crate) async fn open_spool(shared: &Arc<Shared>, retry_in: Duration) -> Option<Spool> {
+/// in [`Shared::storage`].
+async fn open_spool(shared: &Arc<Shared>, retry_in: Duration) -> Option<Spool> {
     let c = &shared.config;
     let (dir, max) = (c.spool_dir.clone(), c.spool_max_bytes);
     let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max)).await;
@@ -80,9 +79,13 @@ pub(crate) async fn open_spool(shared: &Arc<Shared>, retry_in: Duration) -> Opti
             return None;
         }
         Err(e) => {
-            shared
-                .problems
-                .set(ProblemKind::Spool, format!("opening the spool failed: {e}"));
+            shared.problems.set(
+                ProblemKind::Spool,
+                format!(
+                    "the task opening the spool {} (OOMSNAP_SPOOL_DIR) failed: {e}; retrying",
+                    c.spool_dir.display()
+                ),
+            );
             return None;
         }
     };
@@ -105,24 +108,29 @@ pub(crate) async fn open_spool(shared: &Arc<Shared>, retry_in: Duration) -> Opti
 
 /// Runs until `stop` turns true. `store_valid` is false when
 /// `OOMSNAP_STORE` was refused at start: captures then stay in the spool.
+/// `first` is told when the first attempt to open the spool has ended,
+/// whichever way, so `run` can wait for it without waiting on a hung disk.
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
     store_valid: bool,
     mut stop: watch::Receiver<bool>,
+    first: tokio::sync::oneshot::Sender<()>,
 ) {
     let c = &shared.config;
     let mut wait = RETRY_MIN;
-    let spool = loop {
-        if let Some(s) = shared.storage.spool.get() {
-            break s.clone();
-        }
-        if stopped_within(&mut stop, wait).await {
-            return;
-        }
-        wait = (wait * 2).min(RETRY_MAX);
-        if let Some(s) = open_spool(&shared, wait).await {
-            break s;
-        }
+    let opened = open_spool(&shared, wait).await;
+    let _ = first.send(());
+    let spool = match opened {
+        Some(s) => s,
+        None => loop {
+            if stopped_within(&mut stop, wait).await {
+                return;
+            }
+            wait = (wait * 2).min(RETRY_MAX);
+            if let Some(s) = open_spool(&shared, wait).await {
+                break s;
+            }
+        },
     };
     let view = tokio::spawn(refresh_view(shared.clone(), stop.clone()));
 
@@ -153,7 +161,13 @@ pub(crate) async fn supervise(
             ),
             Err(e) => shared
                 .problems
-                .set(ProblemKind::Store, format!("opening the store failed: {e}")),
+                .set(
+                    ProblemKind::Store,
+                    format!(
+                        "the task opening the store {} (OOMSNAP_STORE) failed: {e}; retrying",
+                        c.store
+                    ),
+                ),
         }
         if stopped_within(&mut stop, wait).await {
             view.abort();

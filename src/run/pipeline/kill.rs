@@ -24,7 +24,7 @@ impl Pipeline {
         // A kill while a capture is still being finished may be that
         // capture's: its profiles may well be on disk already.
         if self.running.is_some() {
-            self.pending_oom = Some((at, evidence, last));
+            self.pending_oom.push((at, evidence, last));
             return;
         }
         self.write_oom(at, evidence, last);
@@ -81,8 +81,15 @@ impl Pipeline {
             return;
         };
         let shared = self.shared.clone();
+        // Two kills in one second are two records: the sequence keeps them
+        // apart within this process, `unique_id` from an earlier one.
+        self.oom_seq += 1;
+        let seq = self.oom_seq;
         tokio::task::spawn_blocking(move || {
-            let id = format!("{}_oom", keys::compact_time(SystemTime::now()));
+            let id = spool.unique_id(&format!(
+                "{}_oom{seq}",
+                keys::compact_time(SystemTime::now())
+            ));
             let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
             match spool.add_single(&id, &a.key, manifest::OOM_FILE, &bytes) {
                 Ok(()) => {

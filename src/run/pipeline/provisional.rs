@@ -87,7 +87,10 @@ impl Pipeline {
                         confirmed_by = %by,
                         "a provisional capture is confirmed, but the quota (OOMSNAP_RATE_BURST per OOMSNAP_RATE_PERIOD) is spent: it is dropped"
                     );
-                    self.mark(&id, format!("dropped: the quota was spent when {by} confirmed it"));
+                    self.mark(
+                        &id,
+                        format!("dropped: the quota was spent when {by} confirmed it"),
+                    );
                     self.remove(spool, shared, id);
                     return;
                 }
