@@ -32,7 +32,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -293,6 +293,7 @@ impl Spool {
             partial,
             final_dir: self.dir.join(id),
             provisional: false,
+            meta_durable: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -408,17 +409,7 @@ impl Spool {
 
     /// Bytes held by complete and partial bundles.
     pub fn usage_bytes(&self) -> u64 {
-        fn walk(p: &Path) -> u64 {
-            let Ok(rd) = fs::read_dir(p) else { return 0 };
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        walk(&self.dir)
+        dir_bytes(&self.dir)
     }
 
     /// Removes a shipped bundle.
@@ -432,7 +423,15 @@ impl Spool {
     pub fn enforce_bound(&self, keep: &str) -> Result<Vec<String>, SpoolError> {
         let mut dropped = Vec::new();
         let mut bundles = self.bundles()?;
-        let mut total = self.usage_bytes();
+        // A provisional bundle is not the bound's to delete (its fate is
+        // the confirmation window's), so its bytes do not push shippable
+        // captures out either.
+        let waiting: u64 = self
+            .provisional()
+            .iter()
+            .map(|id| dir_bytes(&self.dir.join(id)))
+            .sum();
+        let mut total = self.usage_bytes().saturating_sub(waiting);
         while total > self.max_bytes {
             let Some(pos) = bundles.iter().position(|b| b.id != keep) else {
                 break;
@@ -451,6 +450,18 @@ impl Spool {
         }
         Ok(dropped)
     }
+}
+
+/// Bytes of the files under `p`, recursively; unreadable entries count 0.
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(p) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// sha256 and size of a file, streamed.
@@ -472,6 +483,8 @@ pub struct BundleWriter {
     partial: PathBuf,
     final_dir: PathBuf,
     provisional: bool,
+    /// The key and draft have been fsynced: once per bundle is enough.
+    meta_durable: Arc<AtomicBool>,
 }
 
 /// A file being written into a bundle; hashes as it goes.
@@ -481,6 +494,7 @@ pub struct SpoolFile {
     file: File,
     hash: Sha256,
     pub bytes: u64,
+    meta_durable: Arc<AtomicBool>,
 }
 
 impl SpoolFile {
@@ -500,12 +514,20 @@ impl SpoolFile {
             .expect("spool file has a parent")
             .to_path_buf();
         // The bundle's key and draft are made durable before any profile
-        // is, so a crash never leaves a profile recovery cannot place.
-        for meta in [KEY_FILE, DRAFT_FILE] {
-            let p = dir.join(meta);
-            File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(io("fsync", &p))?;
+        // is, so a crash never leaves a profile recovery cannot place. Two
+        // profiles committing at once may both do it; that is harmless.
+        if !self.meta_durable.load(Ordering::Acquire) {
+            for meta in [KEY_FILE, DRAFT_FILE] {
+                let p = dir.join(meta);
+                File::open(&p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("fsync", &p))?;
+            }
+            // And the bundle's own entry in the spool directory.
+            if let Some(spool) = dir.parent() {
+                sync_dir(spool)?;
+            }
+            self.meta_durable.store(true, Ordering::Release);
         }
         // fdatasync: the data and its length; the mtime can wait.
         self.file.sync_data().map_err(io("fsync", &self.tmp))?;
@@ -536,6 +558,7 @@ impl BundleWriter {
             file,
             hash: Sha256::new(),
             bytes: 0,
+            meta_durable: self.meta_durable.clone(),
         })
     }
 
@@ -680,5 +703,45 @@ pub(crate) mod tests {
         let gor = man.profiles.iter().find(|p| p.name == "goroutine").unwrap();
         assert!(gor.error.is_some());
         assert!(!b[0].files.iter().any(|(n, _)| n.ends_with(".tmp")));
+    }
+
+    #[test]
+    fn a_crashed_bundle_that_cannot_be_completed_is_reported_and_the_rest_ships() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(d.path(), 1 << 20).unwrap();
+        bundle(&s, "a", 10);
+        // A crash left a draft whose "profile" cannot be read back (here a
+        // directory, which fails like an I/O error would on a sick disk).
+        let _w = s.begin("b", "p/b", &manifest("b")).unwrap();
+        fs::create_dir(d.path().join(format!("b{PARTIAL}")).join("heap.pb.gz")).unwrap();
+
+        let (s, rec) = Spool::open(d.path(), 1 << 20).unwrap();
+        assert_eq!(rec.complete, 1);
+        assert_eq!(rec.errors.len(), 1, "{:?}", rec.errors);
+        assert!(rec.errors[0].contains("heap.pb.gz"), "{}", rec.errors[0]);
+        let ids: Vec<String> = s.bundles().unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec!["a"]);
+    }
+
+    #[test]
+    fn provisional_bytes_do_not_push_shippable_captures_out() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(d.path(), 5000).unwrap();
+        let w = s
+            .begin("p", "p/p", &manifest("p"))
+            .unwrap()
+            .provisional(true);
+        let mut f = w.create("heap.pb.gz").unwrap();
+        f.write(&[7u8; 3000]).unwrap();
+        f.commit().unwrap();
+        w.finish(&manifest("p")).unwrap();
+        for id in ["1", "2"] {
+            bundle(&s, id, 1500);
+            s.enforce_bound(id).unwrap();
+        }
+        let ids: Vec<String> = s.bundles().unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec!["1", "2"]);
+        assert_eq!(s.provisional(), vec!["p"]);
+        assert_eq!(s.dropped(), 0);
     }
 }
