@@ -250,7 +250,11 @@ impl Breakdown {
             .filter(|p| p.name != "other")
             .map(|p| {
                 let before = baseline.map_or(0, |b| b.part(&p.name));
-                (p.name.clone(), p.bytes as i64 - before as i64)
+                // Byte counts come from untrusted text: saturate, never wrap.
+                let diff = i64::try_from(p.bytes)
+                    .unwrap_or(i64::MAX)
+                    .saturating_sub(i64::try_from(before).unwrap_or(i64::MAX));
+                (p.name.clone(), diff)
             })
             .max_by_key(|(_, d)| *d)
             .filter(|(_, d)| *d > 0)
@@ -261,7 +265,7 @@ impl Breakdown {
     pub fn staleness(&self) -> Option<String> {
         let g = self.go.as_ref()?;
         let since = g.allocated_since_gc_bytes?;
-        if since * 10 < g.in_use_bytes.max(1) {
+        if since.saturating_mul(10) < g.in_use_bytes.max(1) {
             return None;
         }
         let when = match (g.last_gc_seconds_ago, g.num_gc) {

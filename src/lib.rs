@@ -2,24 +2,36 @@
 //!
 //! The pipeline runs in one direction (see `docs/how-it-works.md`):
 //!
-//! - [`config`]   — environment → one validated `Config`, every error at once
+//! - [`config`]   — environment → one `Config`; bad values fall back and are
+//!   reported, every one at once
 //! - [`memory`]   — locate the app's cgroup, read samples, wake on kernel events
 //! - [`trigger`]  — pure state machine: samples → capture decisions
-//! - [`limit`]    — the capture quota (governor), counts what it drops
+//! - `scheduler`  — pure: one capture at a time, the one nearest the OOM next
+//! - [`limit`]    — the capture quotas (governor), count what they drop
 //! - [`profiles`] — the pprof kinds and their URLs
-//! - [`capture`]  — streams profiles from the target into a spool bundle
+//! - [`capture`]  — streams profiles into a spool bundle, skipping any the
+//!   app cannot afford
+//! - `speculative` — pure: provisional captures, shipped once confirmed
 //! - [`spool`]    — the durable local queue of bundles
 //! - [`ship`]     — drains the spool into object storage, manifest last
 //! - [`store`]    — opens the object store named by a URL
 //! - [`keys`]     — object keys and sanitised path parts
-//! - [`manifest`] — the `manifest.json` of a capture
+//! - [`manifest`] — the `manifest.json` of a capture, and `oom.json`
 //! - [`pprof`]    — decodes profile.proto within a memory budget; summaries
-//! - [`summary`]  — puts those summaries into a capture's manifest
+//! - [`breakdown`] — pure: where the working set went, and what grew
+//! - [`summary`]  — puts the summaries and the breakdown into a manifest
+//! - [`oom`]      — pure: which capture a kill belongs to
+//! - [`problems`] — what is wrong right now, said loudly and kept short
+//! - [`state`]    — what the running sidecar knows, shared by the three below
+//! - [`metrics`]  — the metrics observed as events happen
 //! - [`admin`]    — /healthz, /readyz, /metrics, /status, POST /capture
 //! - [`annotations`] — live pod annotations from the Downward API file
-//! - [`inject`]   — the mutating admission webhook
-//! - [`run`]      — wires the stages together for `oomsnap run`
-//! - [`cli`]      — check, capture, ls, get and report for people
+//! - [`run`]      — wires the stages together for `oomsnap run`; nothing
+//!   depends on it
+//! - `oneshot`    — `oomsnap capture`: one capture, shipped at once
+//! - [`cli`]      — check, capture, ls, get, report and help for people
+//! - [`inject`]   — the mutating admission webhook (depends on config,
+//!   never the reverse)
 
 pub mod admin;
 pub mod annotations;
@@ -33,15 +45,15 @@ pub mod limit;
 pub mod manifest;
 pub mod memory;
 pub mod metrics;
-pub mod oneshot;
+pub(crate) mod oneshot;
 pub mod oom;
 pub mod pprof;
 pub mod problems;
 pub mod profiles;
 pub mod run;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod ship;
-pub mod speculative;
+pub(crate) mod speculative;
 pub mod spool;
 pub mod state;
 pub mod store;

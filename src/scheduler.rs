@@ -92,6 +92,7 @@ impl<R> Scheduler<R> {
         self.pending.take()
     }
 
+    #[cfg(test)]
     pub fn is_running(&self) -> bool {
         self.running
     }

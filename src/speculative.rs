@@ -26,14 +26,23 @@ pub enum Action {
     Discard { id: String },
 }
 
+/// Where a provisional capture stands. A finished capture that is
+/// confirmed is settled at once, so it has no state of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Its capture is still running.
+    Running,
+    /// Confirmed (by this) while its capture was still running.
+    RunningConfirmed(String),
+    /// Its bundle is complete in the spool, waiting for confirmation.
+    Finished,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     id: String,
     decided: Instant,
-    /// Its bundle is complete in the spool.
-    finished: bool,
-    /// Confirmed while its capture was still running.
-    confirmed_by: Option<String>,
+    state: State,
 }
 
 /// The provisional captures not yet settled.
@@ -48,27 +57,19 @@ impl Provisional {
         self.entries.push(Entry {
             id: id.to_string(),
             decided,
-            finished: false,
-            confirmed_by: None,
+            state: State::Running,
         });
-    }
-
-    pub fn is_provisional(&self, id: &str) -> bool {
-        self.entries.iter().any(|e| e.id == id)
     }
 
     /// Its bundle is complete: confirmed already, it ships now.
     pub fn finished(&mut self, id: &str) -> Option<Action> {
         let i = self.entries.iter().position(|e| e.id == id)?;
-        match self.entries[i].confirmed_by.clone() {
-            Some(by) => {
+        match std::mem::replace(&mut self.entries[i].state, State::Finished) {
+            State::RunningConfirmed(by) => {
                 self.entries.remove(i);
                 Some(Action::Confirm { id: id.into(), by })
             }
-            None => {
-                self.entries[i].finished = true;
-                None
-            }
+            State::Running | State::Finished => None,
         }
     }
 
@@ -81,15 +82,20 @@ impl Provisional {
             if now.saturating_duration_since(e.decided) > window {
                 return true; // expired: `expire` discards it
             }
-            if e.finished {
-                out.push(Action::Confirm {
-                    id: e.id.clone(),
-                    by: by.into(),
-                });
-                false
-            } else {
-                e.confirmed_by.get_or_insert_with(|| by.into());
-                true
+            match e.state {
+                State::Finished => {
+                    out.push(Action::Confirm {
+                        id: e.id.clone(),
+                        by: by.into(),
+                    });
+                    false
+                }
+                State::Running => {
+                    e.state = State::RunningConfirmed(by.into());
+                    true
+                }
+                // The first confirmation is the one recorded.
+                State::RunningConfirmed(_) => true,
             }
         });
         out
@@ -101,7 +107,7 @@ impl Provisional {
         let mut out = Vec::new();
         self.entries.retain(|e| {
             let late = now.saturating_duration_since(e.decided) > window;
-            if late && e.finished && e.confirmed_by.is_none() {
+            if late && e.state == State::Finished {
                 out.push(Action::Discard { id: e.id.clone() });
                 false
             } else {

@@ -165,11 +165,6 @@ impl Trigger {
             .map(|(t, _)| *t)
     }
 
-    /// Notes that a baseline was taken (or attempted) at `at`.
-    pub fn baseline_taken(&mut self, at: Instant) {
-        self.last_baseline = Some(at);
-    }
-
     fn push(&mut self, s: &Sample) {
         self.ring[self.head] = (s.at, s.working_set);
         self.head = (self.head + 1) % HISTORY;

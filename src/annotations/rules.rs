@@ -153,7 +153,9 @@ const QUOTE_CHARS: usize = 64;
 /// Unknown `oomsnap.dev/*` names reported one by one; the rest are counted.
 const UNKNOWN_LISTED: usize = 8;
 
-/// A value fit to quote in a problem sentence: at most [`QUOTE_CHARS`].
+/// A user's value fit to quote in a problem sentence, a status or a log
+/// line: at most [`QUOTE_CHARS`] characters, cut on a character boundary.
+/// The injector quotes pod values with it too.
 pub fn quote(v: &str) -> String {
     if v.chars().count() <= QUOTE_CHARS {
         format!("{v:?}")
@@ -548,6 +550,15 @@ mod tests {
         ] {
             assert!(pyroscope_base_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn quotes_are_short_and_cut_on_a_character() {
+        assert_eq!(quote("a"), "\"a\"");
+        let long = "x".repeat(200);
+        assert!(quote(&long).chars().count() < 90, "{}", quote(&long));
+        assert!(quote(&long).contains("(200 bytes)"));
+        assert!(quote(&"é".repeat(100)).contains('…'));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::patch::{PODINFO_VOLUME, SIDECAR_NAME, SPOOL_VOLUME};
 use super::pod::{each, names, Container, Metadata, Pod, Spec};
 use super::quantity;
 use crate::annotations::rules::{
-    self, parse_inject, CONTAINER, INJECT, MEMORY_LIMIT, PYROSCOPE_MEMORY_PORT_NAME, STATUS,
+    self, parse_inject, quote, CONTAINER, INJECT, MEMORY_LIMIT, PYROSCOPE_MEMORY_PORT_NAME, STATUS,
 };
 use crate::config::{parse_memory_limit, DEFAULT_TARGET};
 
@@ -84,15 +84,6 @@ pub enum Decision<'p> {
     /// on the pod (`oomsnap.dev/status: skipped: <reason>`).
     Skip(String),
     Inject(Injection<'p>),
-}
-
-/// A user's value, quoted and cut short, fit for a status or a log line.
-pub fn quote(v: &str) -> String {
-    const MAX: usize = 64;
-    match v.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{:?}…", &v[..i]),
-        None => format!("{v:?}"),
-    }
 }
 
 /// Whether the pod opted in: `Ok(why)` or `Err(why not)`. An explicit
@@ -533,13 +524,5 @@ mod tests {
             outcome(p, Scope::Pod),
             "skip: the container to watch has no name"
         );
-    }
-
-    #[test]
-    fn quotes_are_short() {
-        assert_eq!(quote("a"), "\"a\"");
-        let long = "x".repeat(200);
-        assert!(quote(&long).chars().count() < 70);
-        assert!(quote(&"é".repeat(100)).ends_with('…'));
     }
 }

@@ -19,6 +19,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::config::names;
+
 use super::decide::{
     decide, Decision, Injection, MemoryLimit, Scope, STATUS_INJECTED, STATUS_SKIPPED,
 };
@@ -154,28 +156,28 @@ fn inject_ops(
         field_env("POD_NAMESPACE", "metadata.namespace"),
         field_env("POD_UID", "metadata.uid"),
         field_env("NODE_NAME", "spec.nodeName"),
-        json!({"name": "OOMSNAP_CONTAINER", "value": target_name}),
+        json!({"name": names::CONTAINER, "value": target_name}),
     ];
     env.push(match &injection.memory_limit {
         // Only ever a limit that exists and is above zero: a
         // resourceFieldRef to an unset (or zero) limit resolves to the
         // node's allocatable memory, which the kernel never enforces here.
         MemoryLimit::FieldRef => json!({
-            "name": "OOMSNAP_MEMORY_LIMIT",
+            "name": names::MEMORY_LIMIT,
             "valueFrom": {"resourceFieldRef": {
                 "containerName": target_name,
                 "resource": "limits.memory",
             }}
         }),
-        MemoryLimit::Value(v) => json!({"name": "OOMSNAP_MEMORY_LIMIT", "value": v}),
+        MemoryLimit::Value(v) => json!({"name": names::MEMORY_LIMIT, "value": v}),
     });
     // Becomes the port the sidecar's locate step finds the process by, from
     // the start. (The annotations also reach it live, by the Downward API.)
     if let Some(target) = &injection.target {
-        env.push(json!({"name": "OOMSNAP_TARGET", "value": target}));
+        env.push(json!({"name": names::TARGET, "value": target}));
     }
     if let Some(store) = &settings.store {
-        env.push(json!({"name": "OOMSNAP_STORE", "value": store}));
+        env.push(json!({"name": names::STORE, "value": store}));
     }
 
     // No probes: a NotReady sidecar makes the pod NotReady, and `oomsnap

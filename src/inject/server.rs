@@ -46,8 +46,6 @@ pub const H2_STREAM_WINDOW_BYTES: u32 = 64 << 10;
 /// HTTP/2 flow-control window of a whole connection, however many reviews
 /// it multiplexes.
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 256 << 10;
-/// How often the certificate files are checked for changes.
-pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// How long in-flight reviews get to finish on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The path of the webhook entry for pods that opt in themselves.

@@ -2,7 +2,7 @@
 //! `/debug/pprof/heap?debug=1`.
 //!
 //! In: the text body in chunks of any size, as they arrive
-//! ([`MemStatsParser::feed`]), or the end of a file ([`from_file_tail`]).
+//! ([`MemStatsParser::feed`]), or whole ([`parse`]).
 //! Out: [`MemStats`], every field optional, since a Go version may print
 //! more or fewer lines than Go 1.19 does.
 //!
@@ -19,18 +19,11 @@
 //! not printed; it is rebuilt from the ring while the ring still holds
 //! every GC.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 
 /// The longest line kept: a `PauseNs` line is 256 numbers of up to 20
 /// digits, about 5.4 KiB.
 pub const MAX_LINE: usize = 8 << 10;
-
-/// How much of a file's end [`from_file_tail`] reads: the whole trailer of
-/// Go 1.19 is under 7 KiB.
-pub const TAIL_BYTES: u64 = 32 << 10;
 
 /// Entries in Go's ring of recent GC pauses (`MemStats.PauseNs`).
 const PAUSE_RING: usize = 256;
@@ -84,14 +77,6 @@ pub struct MemStats {
     pub last_pause_ns: Option<u64>,
 }
 
-impl MemStats {
-    /// What the Go runtime holds from the OS and has not given back:
-    /// `Sys − HeapReleased`, the part of the app's memory Go accounts for.
-    pub fn retained_bytes(&self) -> Option<u64> {
-        Some(self.sys?.saturating_sub(self.heap_released?))
-    }
-}
-
 /// Why no numbers came out.
 #[derive(Debug, thiserror::Error)]
 pub enum MemStatsError {
@@ -102,12 +87,6 @@ pub enum MemStatsError {
     NoTrailer { scanned: u64 },
     #[error("the \"# runtime.MemStats\" section holds no line oomsnap can read")]
     NoFields,
-    #[error("could not read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Reads a `heap?debug=1` body chunk by chunk, keeping one line at most.
@@ -126,15 +105,6 @@ pub struct MemStatsParser {
 impl MemStatsParser {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A parser that drops everything up to the first newline: for a read
-    /// that starts in the middle of a line.
-    fn mid_line() -> Self {
-        MemStatsParser {
-            skipping: true,
-            ..Self::default()
-        }
     }
 
     /// Takes the next bytes of the body.
@@ -291,35 +261,10 @@ pub fn parse(body: &[u8]) -> Result<MemStats, MemStatsError> {
     p.finish()
 }
 
-/// Parses the last [`TAIL_BYTES`] of a saved `heap?debug=1` body, never
-/// reading the rest.
-pub fn from_file_tail(path: &Path) -> Result<MemStats, MemStatsError> {
-    let io_err = |source| MemStatsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::File::open(path).map_err(io_err)?;
-    let len = f.metadata().map_err(io_err)?.len();
-    let start = len.saturating_sub(TAIL_BYTES);
-    f.seek(SeekFrom::Start(start)).map_err(io_err)?;
-    let mut p = if start > 0 {
-        MemStatsParser::mid_line()
-    } else {
-        MemStatsParser::new()
-    };
-    let mut buf = [0u8; 4096];
-    loop {
-        match f.read(&mut buf).map_err(io_err)? {
-            0 => break,
-            n => p.feed(&buf[..n]),
-        }
-    }
-    p.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -363,7 +308,6 @@ mod tests {
         // Six GCs: the ring holds them all; the newest is entry 5.
         assert_eq!(m.pause_total_ns, Some(244404));
         assert_eq!(m.last_pause_ns, Some(39529));
-        assert_eq!(m.retained_bytes(), Some(142786840 - 2637824));
     }
 
     #[test]
@@ -378,7 +322,6 @@ mod tests {
                 }
                 assert_eq!(p.finish().unwrap(), whole, "{name} in chunks of {size}");
             }
-            assert_eq!(from_file_tail(&fixture(name)).unwrap(), whole, "{name}");
         }
     }
 
@@ -408,20 +351,6 @@ mod tests {
     }
 
     #[test]
-    fn the_tail_of_a_large_file_is_enough() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("heap.txt");
-        let mut body = b"heap profile: 1: 2 [3: 4] @ heap/1048576\n".repeat(10_000);
-        body.extend_from_slice(&read("heap_debug1_leak.txt"));
-        std::fs::write(&path, &body).unwrap();
-        assert!(body.len() as u64 > 10 * TAIL_BYTES);
-        let m = from_file_tail(&path).unwrap();
-        assert_eq!(m.heap_alloc, Some(126050312));
-        let err = from_file_tail(&d.path().join("missing")).unwrap_err();
-        assert!(err.to_string().contains("missing"), "{err}");
-    }
-
-    #[test]
     fn missing_extra_and_broken_lines_are_tolerated() {
         let body = "# runtime.MemStats\r\n\
                     # HeapAlloc = 100\r\n\
@@ -444,7 +373,6 @@ mod tests {
         assert_eq!(m.num_gc, Some(3));
         // A ring that is not 256 entries is not trusted.
         assert_eq!((m.pause_total_ns, m.last_pause_ns), (None, None));
-        assert_eq!(m.retained_bytes(), None);
     }
 
     #[test]
