@@ -17,9 +17,7 @@
 #
 # A live test whose component is missing FAILS. To let such tests skip
 # instead, knowingly, set OOMSNAP_ALLOW_SKIPS=1; the summary then lists
-# every skip. (The image, manifest and webhook tests have skip checks of
-# their own, which read only OOMSNAP_REQUIRE_LIVE; this script sets it, so
-# they fail instead of skipping unlisted.)
+# every skip.
 #
 # Other knobs: FUZZ_SECONDS (per target, default 10), OOMSNAP_SKIP_FUZZ=1,
 # TEST_THREADS (default 1). The full cargo output is also in
@@ -33,10 +31,6 @@ mmss() { printf '%dm%02ds' $(( $1 / 60 )) $(( $1 % 60 )); }
 TARGET=${CARGO_TARGET_DIR:-target}
 allow_skips=0
 [ "${OOMSNAP_ALLOW_SKIPS:-0}" = 1 ] && allow_skips=1
-# The image, manifest and webhook tests check this older switch themselves
-# instead of asking the shared harness; set, it makes them fail on a missing
-# component, so none of them can skip without being in the summary.
-export OOMSNAP_REQUIRE_LIVE=1
 if [ "$(id -u)" != 0 ] && [ "$allow_skips" = 0 ]; then
   echo "test.sh: the live tests make memory cgroups, which needs root: run sudo scripts/test.sh" >&2
   echo "         (or OOMSNAP_ALLOW_SKIPS=1 scripts/test.sh to skip those tests, knowingly)" >&2

@@ -85,23 +85,14 @@ fn scenario(
     Some(m)
 }
 
-/// The breakdown's parts add up, the named ones to within 10 %, and the
-/// verdict starts with `grew`.
+/// The named parts explain the working set to within 10 % (the `other`
+/// part is the remainder by construction, so only the named ones are a
+/// check), and the verdict starts with `grew`.
 fn check(name: &str, m: &serde_json::Value, grew: &str) {
     let b = &m["memory"];
     assert!(b.is_object(), "{name}: no breakdown in {m:#}");
     let ws = b["working_set_bytes"].as_u64().unwrap() as f64;
-    let parts: u64 = b["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["bytes"].as_u64().unwrap())
-        .sum();
     let explained = b["explained_bytes"].as_u64().unwrap() as f64;
-    assert!(
-        (parts as f64 - ws).abs() <= ws * 0.10,
-        "{name}: the parts add up to {parts}, the working set is {ws}"
-    );
     assert!(
         (explained - ws).abs() <= ws * 0.10,
         "{name}: the named parts explain {explained} of a working set of {ws}: {b:#}"

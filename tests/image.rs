@@ -23,7 +23,7 @@
 //! apt-get install -y buildah podman runc musl-tools
 //! rustup target add x86_64-unknown-linux-musl
 //! cargo build --locked --release --target x86_64-unknown-linux-musl
-//! OOMSNAP_REQUIRE_LIVE=1 cargo test --test image -- --nocapture
+//! cargo test --test image -- --nocapture
 //! ```
 //!
 //! A missing tool or Rust target is reported through `common::require_live`.

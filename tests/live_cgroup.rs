@@ -2,8 +2,8 @@
 //! it until the kernel OOM-kills it; and the real `oomsnap run` riding out a
 //! wrong `OOMSNAP_CGROUP` and a cgroup without a limit until they are fixed.
 //!
-//! Needs root and a writable memory cgroup; skips loudly without them, and
-//! fails instead when `OOMSNAP_REQUIRE_LIVE=1` (CI sets it).
+//! Needs root, `go` and a writable memory cgroup; without them it fails,
+//! naming what is missing, unless `OOMSNAP_ALLOW_SKIPS=1` lets it skip loudly.
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! The pprof summaries on real Go profiles (see tests/data/pprof/README.md),
-//! cross-checked against `go tool pprof` when `go` is on PATH.
+//! cross-checked against `go tool pprof` (a missing `go` fails the test
+//! unless `OOMSNAP_ALLOW_SKIPS=1`, like every live component).
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -142,7 +145,8 @@ fn fixtures_decode_from_raw_protobuf_too() {
     assert_eq!(decode(&raw).unwrap(), decode(&gz).unwrap());
 }
 
-/// `go tool pprof -top -unit=B <args>`, or None when go is unavailable.
+/// `go tool pprof -top -unit=B <args>`, or None when go is unavailable and
+/// skips are allowed. A `go` that runs but fails is a failure.
 fn go_pprof_top(args: &[&str]) -> Option<String> {
     let out = Command::new("go")
         .args(["tool", "pprof", "-top", "-unit=B"])
@@ -152,15 +156,14 @@ fn go_pprof_top(args: &[&str]) -> Option<String> {
         .output();
     match out {
         Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(o) => {
-            eprintln!(
-                "skipping the go cross-check: go tool pprof failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            None
-        }
+        Ok(o) => panic!(
+            "go tool pprof {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
         Err(e) => {
-            eprintln!("skipping the go cross-check: go is not runnable: {e}");
+            assert!(!common::require_live(&format!(
+                "go (for go tool pprof: {e})"
+            )));
             None
         }
     }

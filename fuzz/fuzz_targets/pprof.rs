@@ -12,8 +12,6 @@
 //! the summaries never more than the working set it priced.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -26,48 +24,12 @@ const TOP_N: usize = 10;
 /// fields (flate2 caps each header field at 64 KiB).
 const GZIP_SLACK: usize = 512 << 10;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to `System` unchanged and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            // A moving realloc holds both blocks for a moment.
-            let now = LIVE.fetch_add(new, Ordering::Relaxed) + new;
-            PEAK.fetch_max(now, Ordering::Relaxed);
-            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        }
-        q
-    }
-}
+#[path = "../../tests/common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{peak_during, Counting};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// What `f` returns, and the most bytes it held at once beyond what was
-/// live before it.
-fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let out = f();
-    (out, PEAK.load(Ordering::Relaxed) - base)
-}
 
 fn baseline() -> &'static Profile {
     static BASE: OnceLock<Profile> = OnceLock::new();

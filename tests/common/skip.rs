@@ -5,9 +5,8 @@
 //! `target/oomsnap-skips/`, which `scripts/test.sh` lists by test name.
 //!
 //! `OOMSNAP_REQUIRE_LIVE=1`, the older switch that made skips fail, is
-//! still accepted and changes nothing here: failing is the default now.
-//! (`scripts/test.sh` still exports it for the test files that read it
-//! themselves instead of calling [`require_live`].)
+//! still accepted and changes nothing: failing is the default now, and
+//! every live test asks [`require_live`].
 
 use super::report::{current_test, note};
 
