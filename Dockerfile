@@ -8,7 +8,8 @@
 #   docker buildx build --target binary --output type=local,dest=dist .   # just the binary
 #
 # The build context is only what .dockerignore lets through (Cargo.toml,
-# Cargo.lock, benches/, src/); tests/image.rs builds exactly that with the
+# Cargo.lock, benches/, src/, and docs/configuration.md, which `oomsnap help
+# config` compiles in); tests/image.rs builds exactly that with the
 # cargo command below. Without a Docker daemon or registry access, see
 # deploy/image/Dockerfile.local, whose final stage is this one's, line for
 # line.

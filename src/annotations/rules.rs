@@ -355,7 +355,6 @@ pub fn apply(
     ) {
         t.rate_period = v;
     }
-    // Port and path rebuild the URL on the environment's host.
     // Port and path rebuild the URL on the environment's host; oomsnap's
     // annotations win over Pyroscope's.
     let port = pprof_port(ann);

@@ -2,10 +2,11 @@
 //!
 //! `oomsnap run` never stops for these (a crash-looping sidecar makes the pod
 //! NotReady): the watcher keeps retrying and publishes the current
-//! [`SourceProblem`] in its state, for `/status` and a metric labelled by
-//! [`SourceProblem::kind`]. [`ProblemLog`] turns the stream of problems into
-//! log lines at a bounded rate: a new problem at once, the same one again
-//! only every [`REPEAT_EVERY`].
+//! [`SourceProblem`] in its state. The pipeline mirrors it once a second
+//! into the problem registry (kind `no_limit`, or `locate` for the rest),
+//! which `/status` and `oomsnap_problems` show. [`ProblemLog`] turns the
+//! stream of problems into log lines (at warn) at a bounded rate: a new
+//! problem at once, the same one again only every [`REPEAT_EVERY`].
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
