@@ -2,10 +2,13 @@
 //!
 //! The pipeline runs in one direction (see `docs/how-it-works.md`):
 //!
+//! - [`vars`]     — where settings come from: the environment, or a map
 //! - [`config`]   — environment → one `Config`; bad values fall back and are
 //!   reported, every one at once
-//! - [`memory`]   — locate the app's cgroup, read samples, wake on kernel events
+//! - [`memory`]   — locate the app's cgroup, read samples
 //! - [`trigger`]  — pure state machine: samples → capture decisions
+//! - [`watch`]    — the watcher thread: wakes on the kernel's events and
+//!   its own timer, reads samples, feeds the trigger
 //! - `scheduler`  — pure: one capture at a time, the one nearest the OOM next
 //! - [`limit`]    — the capture quotas (governor), count what they drop
 //! - [`profiles`] — the pprof kinds and their URLs
@@ -22,16 +25,20 @@
 //! - [`summary`]  — puts the summaries and the breakdown into a manifest
 //! - [`oom`]      — pure: which capture a kill belongs to
 //! - [`problems`] — what is wrong right now, said loudly and kept short
-//! - [`state`]    — what the running sidecar knows, shared by the three below
+//! - [`annotations`] — pod annotations: their rules, and reading the
+//!   Downward API file
+//! - [`state`]    — what the running sidecar knows, shared by the two below
 //! - [`metrics`]  — the metrics observed as events happen
 //! - [`admin`]    — /healthz, /readyz, /metrics, /status, POST /capture
-//! - [`annotations`] — live pod annotations from the Downward API file
-//! - [`run`]      — wires the stages together for `oomsnap run`; nothing
-//!   depends on it
+//! - [`run`]      — wires the stages together for `oomsnap run` and follows
+//!   the annotations file; nothing depends on it
 //! - `oneshot`    — `oomsnap capture`: one capture, shipped at once
 //! - [`cli`]      — check, capture, ls, get, report and help for people
 //! - [`inject`]   — the mutating admission webhook (depends on config,
 //!   never the reverse)
+//!
+//! No two modules depend on each other, directly or around a loop;
+//! `tests/layering.rs` keeps it so.
 
 pub mod admin;
 pub mod annotations;
@@ -59,6 +66,8 @@ pub mod state;
 pub mod store;
 pub mod summary;
 pub mod trigger;
+pub mod vars;
+pub mod watch;
 
 /// The version written into every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,8 +15,8 @@
 //! a manual request from the network can never push out an automatic
 //! capture, and a baseline never pushes out anything.
 
-use crate::memory::watch::Wake;
 use crate::trigger::{Decision, Reason};
+use crate::watch::Wake;
 
 /// A capture waiting to run, with where its outcome goes.
 #[derive(Debug)]

@@ -1,12 +1,13 @@
 //! What the running sidecar knows, shared by the pipeline (`run`), the admin
-//! server and the annotation follower.
+//! server and the annotation follower (`run::follow`).
 //!
 //! [`Shared`] is built once by `run` and handed out as an `Arc`. The
 //! pipeline writes it (captures, OOM kills, problems, the storage once it
 //! opens); the annotation follower writes the tunables; the admin server
 //! only reads it, and sends manual capture requests over [`Shared::manual`].
 //! This module depends on no stage that reads it, so the arrows point one
-//! way: `run`, `admin` and `annotations` → `state`.
+//! way: `run` and `admin` → `state` (the pure [`Tunables`] type it holds
+//! comes from `annotations`, which knows nothing of the state).
 //!
 //! Everything the admin server reads here is cheap to read: the spool's size
 //! and waiting bundles are a [`SpoolView`] refreshed off the runtime thread,
@@ -23,12 +24,12 @@ use crate::annotations::Tunables;
 use crate::capture::CaptureSettings;
 use crate::config::Config;
 use crate::limit::Admission;
-use crate::memory::watch::WatchState;
 use crate::metrics::Metrics;
 use crate::oom::CaptureEntry;
 use crate::problems::Problems;
 use crate::ship::Shipper;
 use crate::spool::Spool;
+use crate::watch::WatchState;
 
 /// Captures remembered for `/status` and OOM attribution.
 pub const RECENT: usize = 32;

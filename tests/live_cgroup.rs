@@ -16,9 +16,9 @@ use common::{
 };
 use oomsnap::config::{DEFAULT_POLL_MAX, DEFAULT_POLL_MIN};
 use oomsnap::memory::locate::{locate, LocateInput, Strategy};
-use oomsnap::memory::watch::{self, Wake, WatchConfig, WatchEvent, WatchState};
 use oomsnap::memory::SourceKind;
 use oomsnap::trigger::{Policy, Reason};
+use oomsnap::watch::{self, Wake, WatchConfig, WatchEvent, WatchState};
 
 const LIMIT: u64 = 256 << 20;
 

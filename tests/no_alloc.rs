@@ -9,8 +9,8 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use oomsnap::memory::cgroup::CgroupReader;
-use oomsnap::memory::pace::Pace;
 use oomsnap::trigger::{Policy, Trigger};
+use oomsnap::watch::pace::Pace;
 
 struct Counting;
 

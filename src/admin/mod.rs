@@ -183,7 +183,7 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 async fn healthz(State(app): State<Arc<App>>) -> Response {
     let s = &app.shared;
     // A few poll intervals, and never less than a few locate retries.
-    let allowed = (s.config.poll_max * 4).max(crate::memory::watch::LOCATE_BACKOFF_MAX * 3);
+    let allowed = (s.config.poll_max * 4).max(crate::watch::LOCATE_BACKOFF_MAX * 3);
     match s.watch.since_tick() {
         Some(d) if d <= allowed => (StatusCode::OK, "ok\n").into_response(),
         Some(d) => (

@@ -3,12 +3,11 @@
 //! - [`rules`] — pure: the annotation names, the Downward API file format,
 //!   and how values override the environment (shared with the injector)
 //!
-//! The Downward API file (`OOMSNAP_ANNOTATIONS_FILE`) enters as text; its
-//! `oomsnap.dev/*` tunables leave as [`Tunables`] pushed into the shared
-//! state and the watcher. [`spawn`] re-reads the file every two seconds. A
-//! bad value is reported (logged once, shown on `/status`, counted in
-//! `oomsnap_problems{kind="annotations"}`) and ignored: the last good value
-//! stays, and the sidecar never stops over an annotation.
+//! The Downward API file (`OOMSNAP_ANNOTATIONS_FILE`) enters as a path;
+//! [`read_file`] returns its text, [`rules`] turns that into [`Tunables`].
+//! The running sidecar follows the file in `run::follow`, which pushes the
+//! tunables into the shared state and the watcher; this module knows
+//! neither, so the state can hold a `Tunables` without a cycle.
 //!
 //! The file is read on a blocking thread, never the runtime's, opened
 //! non-blocking, only when it is a regular file, and only up to
@@ -25,15 +24,8 @@ pub mod rules;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 pub use rules::*;
-
-use crate::memory::watch::WatchControl;
-use crate::problems::ProblemKind;
-use crate::state::Shared;
-use crate::trigger::Policy;
 
 /// The largest annotations file read: the Kubernetes API caps a pod's
 /// annotations at 256 KiB in total.
@@ -74,110 +66,6 @@ pub fn read_file(path: &Path) -> Result<Option<String>, String> {
         ));
     }
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// The running annotation follower.
-pub struct Follower {
-    shared: Arc<Shared>,
-    last_content: Option<String>,
-    current: Tunables,
-}
-
-impl Follower {
-    /// Reads the file once, applies it to `shared`, and returns the follower
-    /// (whose policy the watcher starts with).
-    pub async fn load(shared: Arc<Shared>) -> Follower {
-        let current = Tunables::from_config(&shared.config);
-        let mut f = Follower {
-            shared,
-            last_content: None,
-            current,
-        };
-        f.reload(None).await;
-        f
-    }
-
-    pub fn policy(&self) -> Policy {
-        self.current.policy(&self.shared.config)
-    }
-
-    async fn reload(&mut self, control: Option<&WatchControl>) {
-        let path = self.shared.config.annotations_file.clone();
-        let read = tokio::task::spawn_blocking(move || read_file(&path))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-        let content = match read {
-            Ok(c) => c.unwrap_or_default(),
-            Err(why) => {
-                self.shared.problems.set(ProblemKind::Annotations, why);
-                return;
-            }
-        };
-        if self.last_content.as_deref() == Some(content.as_str()) {
-            return;
-        }
-        let ann = parse_file(&content);
-        self.last_content = Some(content);
-        let (next, problems) = apply(&ann, &self.shared.config, &self.current);
-        self.shared.problems.report(
-            ProblemKind::Annotations,
-            (!problems.is_empty()).then(|| problems.join("; ")),
-        );
-        if next == self.current {
-            return;
-        }
-        let prev = std::mem::replace(&mut self.current, next.clone());
-        if prev.enabled != next.enabled {
-            tracing::info!(
-                enabled = next.enabled,
-                "captures {} by annotation",
-                if next.enabled { "resumed" } else { "paused" }
-            );
-        }
-        self.shared.enabled.store(next.enabled, Ordering::Relaxed);
-        if let Ok(mut s) = self.shared.capture_settings.write() {
-            s.profiles = next.profiles.clone();
-            s.target = next.target.clone();
-        }
-        // The speculative quota mirrors the near-OOM one; the manual quota
-        // keeps its own burst but shares the period.
-        for a in [&self.shared.admission, &self.shared.speculative_admission] {
-            if let Ok(mut a) = a.lock() {
-                a.reconfigure(next.rate_burst, next.rate_period);
-            }
-        }
-        if let Ok(mut a) = self.shared.manual_admission.lock() {
-            a.reconfigure(self.shared.config.manual_rate_burst, next.rate_period);
-        }
-        if prev.thresholds != next.thresholds {
-            if let Some(c) = control {
-                c.set_policy(next.policy(&self.shared.config));
-            }
-        }
-        if let Ok(mut t) = self.shared.tunables.lock() {
-            *t = Some(next.clone());
-        }
-        tracing::info!(
-            thresholds = %next.thresholds.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
-            profiles = %next.profiles.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
-            target = %next.target,
-            rate_burst = next.rate_burst,
-            rate_period = %humantime::format_duration(next.rate_period),
-            "annotations applied"
-        );
-    }
-}
-
-/// Follows the file until the task is aborted.
-pub fn spawn(mut f: Follower, control: WatchControl) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RELOAD_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            f.reload(Some(&control)).await;
-        }
-    })
 }
 
 #[cfg(test)]

@@ -537,7 +537,7 @@ pub fn draft(
     restarts: u32,
     id: &str,
     d: &crate::trigger::Decision,
-    wake: Option<crate::memory::watch::Wake>,
+    wake: Option<crate::watch::Wake>,
 ) -> Manifest {
     use crate::manifest::{SourceInfo, TriggerSample, SCHEMA};
     Manifest {

@@ -17,7 +17,6 @@
 pub mod names;
 pub mod parse;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,50 +26,7 @@ pub use names::*;
 pub use parse::*;
 
 use crate::profiles::ProfileKind;
-
-/// A source of configuration strings. Tests hand in a map.
-pub trait Vars {
-    /// The value of `key`, if set (an empty value counts as unset).
-    fn get(&self, key: &str) -> Option<String>;
-    /// Every key that is set, so unknown `OOMSNAP_*` names can be warned about.
-    fn keys(&self) -> Vec<String>;
-}
-
-/// The real process environment.
-pub struct ProcessEnv;
-
-impl Vars for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok().filter(|v| !v.trim().is_empty())
-    }
-    fn keys(&self) -> Vec<String> {
-        std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .collect()
-    }
-}
-
-impl<S: std::hash::BuildHasher> Vars for std::collections::HashMap<String, String, S> {
-    fn get(&self, key: &str) -> Option<String> {
-        std::collections::HashMap::get(self, key)
-            .filter(|v| !v.trim().is_empty())
-            .cloned()
-    }
-    fn keys(&self) -> Vec<String> {
-        std::collections::HashMap::keys(self).cloned().collect()
-    }
-}
-
-impl Vars for BTreeMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        BTreeMap::get(self, key)
-            .filter(|v| !v.trim().is_empty())
-            .cloned()
-    }
-    fn keys(&self) -> Vec<String> {
-        BTreeMap::keys(self).cloned().collect()
-    }
-}
+pub use crate::vars::{ProcessEnv, Vars};
 
 /// Who may trigger a capture over the admin port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -592,7 +548,7 @@ pub fn unknown_var_warnings(vars: &dyn Vars, known: &[&str]) -> Vec<String> {
 /// A map of `pairs`, standing in for the environment (or an annotations
 /// file) in unit tests.
 #[cfg(test)]
-pub(crate) fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn vars(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,6 +1,8 @@
 //! Unit tests of the configuration: defaults, forms, every bad variable at
 //! once.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 #[test]

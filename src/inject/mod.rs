@@ -210,7 +210,19 @@ pub async fn run(args: InjectArgs) -> Result<(), InjectError> {
             tracing::warn!(variable = %key, "unknown OOMSNAP_INJECT_ variable (a typo?); ignored");
         }
     }
-    tracing::info!(?settings, "injector settings");
+    // Field by field: JSON log pipelines get plain values, not Rust debug text.
+    tracing::info!(
+        image = %settings.image,
+        image_pull_policy = %settings.image_pull_policy,
+        cpu_request = %settings.cpu_request,
+        memory_request = %settings.memory_request,
+        memory_limit = %settings.memory_limit,
+        store = settings.store.as_deref().unwrap_or(""),
+        env_from_secret = settings.env_from_secret.as_deref().unwrap_or(""),
+        native_sidecar = settings.native_sidecar,
+        sys_ptrace = settings.sys_ptrace,
+        "injector settings"
+    );
     let listener =
         std::net::TcpListener::bind(args.listen).map_err(|source| InjectError::Bind {
             addr: args.listen,

@@ -2,20 +2,16 @@
 //!
 //! [`locate`] turns the configuration into a [`MemorySource`] (which cgroup
 //! or process, found by which strategy). A source opens into a [`Reader`]
-//! that yields [`Sample`]s (and, between them, the cheap usage sentinel);
-//! [`watch`] runs the reader on its own thread, woken by the timer [`pace`]
-//! sets and by the kernel notifications of [`notify`], and feeds the
-//! trigger. [`stat`] reads the full `memory.stat` breakdown on demand, for a
-//! capture's manifest.
+//! that yields [`Sample`]s (and, between them, the cheap usage sentinel).
+//! [`stat`] reads the full `memory.stat` breakdown on demand, for a
+//! capture's manifest. Nothing here decides anything: [`crate::watch`] runs
+//! the reader on its own thread and feeds the [`crate::trigger`].
 
 pub mod cgroup;
 pub mod locate;
-pub(crate) mod notify;
-pub mod pace;
 pub mod problem;
 pub mod proc;
 pub mod stat;
-pub mod watch;
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};

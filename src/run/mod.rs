@@ -1,6 +1,7 @@
 //! `oomsnap run` and `oomsnap watch`: wires the stages together.
 //!
 //! - [`pipeline`] — watcher events and manual requests in, captures out
+//! - [`follow`]   — the pod's annotations file in, tunables out
 //! - [`storage`]  — opens the spool and the store, retrying until they do
 //!
 //! Wiring only: the decisions live in `trigger`, `scheduler`, `oom` and
@@ -15,6 +16,7 @@
 //! everything: the capture under way (it is the evidence), then uploads;
 //! whatever is not done by then stays in the spool for the next start.
 
+mod follow;
 mod pipeline;
 mod storage;
 
@@ -24,9 +26,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::capture::Capturer;
 use crate::config::{Loaded, STORE};
-use crate::memory::watch::{self as watcher, WatchConfig};
 use crate::problems::ProblemKind;
 use crate::state::Shared;
+use crate::watch::{self as watcher, WatchConfig};
 
 /// How long shutdown waits for the watcher thread to stop.
 const WATCHER_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -105,7 +107,7 @@ pub async fn run(loaded: Loaded, mode: Mode) {
         None => None,
     };
 
-    let follower = crate::annotations::Follower::load(shared.clone()).await;
+    let follower = follow::Follower::load(shared.clone()).await;
     let mut watch_config = WatchConfig::from_config(&config);
     watch_config.policy = follower.policy();
     let thresholds = watch_config.policy.thresholds.clone();
@@ -122,7 +124,7 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     };
     let annotations = watcher
         .as_ref()
-        .map(|(control, _)| crate::annotations::spawn(follower, control.clone()));
+        .map(|(control, _)| follow::spawn(follower, control.clone()));
 
     let (capturer, tls) = Capturer::new(&config.target);
     if let Some(why) = tls {

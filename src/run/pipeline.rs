@@ -24,7 +24,6 @@ use crate::capture::{CaptureSettings, Capturer};
 use crate::keys;
 use crate::limit::Verdict;
 use crate::manifest::Manifest;
-use crate::memory::watch::{Wake, WatchEvent};
 use crate::memory::{MemorySource, Sample};
 use crate::metrics::{CaptureLabels, ProfileLabels, SkipLabels};
 use crate::oom::{CaptureEntry, Evidence, Outcome};
@@ -33,6 +32,7 @@ use crate::scheduler::{Job, Offer, Scheduler};
 use crate::speculative::Provisional;
 use crate::state::{ManualOutcome, Shared};
 use crate::trigger::{Decision, Reason};
+use crate::watch::{Wake, WatchEvent};
 
 use super::Mode;
 

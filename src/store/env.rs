@@ -21,7 +21,7 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::ClientConfigKey;
 
 use super::StoreError;
-use crate::config::Vars;
+use crate::vars::Vars;
 
 /// Azure's managed-identity endpoint, read by `from_env` without the prefix.
 pub const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";

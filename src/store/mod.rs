@@ -19,7 +19,7 @@ use std::sync::Arc;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
-use crate::config::{ProcessEnv, Vars};
+use crate::vars::{ProcessEnv, Vars};
 
 /// Why a store URL cannot be used.
 #[derive(Debug, thiserror::Error)]

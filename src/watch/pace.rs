@@ -89,7 +89,7 @@ impl Pace {
     /// Whether the trigger should see this full sample: the working set
     /// moved a step since the last one it saw, the sample is past the next
     /// rung (`crossing`), or it has seen nothing for [`OBSERVE_EVERY`].
-    pub fn worth_observing(&self, s: &super::Sample, crossing: bool) -> bool {
+    pub fn worth_observing(&self, s: &crate::memory::Sample, crossing: bool) -> bool {
         match self.last_observed {
             None => true,
             Some((t, ws)) => {
@@ -101,7 +101,7 @@ impl Pace {
     }
 
     /// Notes that the trigger saw `s`.
-    pub fn observed(&mut self, s: &super::Sample) {
+    pub fn observed(&mut self, s: &crate::memory::Sample) {
         self.last_observed = Some((s.at, s.working_set));
     }
 

@@ -1,10 +1,18 @@
 //! Follows the memory source and turns samples into decisions.
 //!
+//! - [`pace`] — pure: the adaptive poll interval
+//! - [`notify`] — the kernel's wake-ups (v1 thresholds, v2 inotify), through
+//!   `rustix`
+//!
+//! The readers live in [`crate::memory`] and the policy in
+//! [`crate::trigger`]; this module is where the two meet, so neither of them
+//! depends on the other's neighbour.
+//!
 //! A [`WatchConfig`] enters; [`WatchEvent`]s leave over a channel, and the
 //! live [`WatchState`] (last sample, source, current problem) is shared with
 //! the admin server. The watcher runs on its own OS thread, not on the async
 //! runtime: it blocks in `poll(2)` on the kernel's notification fds (see
-//! [`super::notify`]) with the timeout [`super::pace`] picks, reads the
+//! [`notify`]) with the timeout [`pace`] picks, reads the
 //! sentinel or a full sample, feeds the [`Trigger`], and sends events.
 //! Keeping it off the runtime means a busy upload can never delay a wake-up.
 //!
@@ -36,13 +44,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::locate::{locate, locate_watchable, LocateInput};
-use super::notify::{wait, Notifier, Waker, Woke};
-use super::pace::Pace;
-use super::problem::{ProblemLog, SourceProblem};
-use super::proc::{self, ProcessId};
-use super::{MemorySource, ReadError, Reader, Sample, SourceKind, Version};
+pub(crate) mod notify;
+pub mod pace;
+
+use crate::memory::locate::{locate, locate_watchable, LocateInput};
+use crate::memory::problem::{ProblemLog, SourceProblem};
+use crate::memory::proc::{self, ProcessId};
+use crate::memory::{MemorySource, ReadError, Reader, Sample, SourceKind, Version};
 use crate::trigger::{Decision, Policy, Trigger};
+use notify::{wait, Notifier, Waker, Woke};
+use pace::Pace;
 
 /// The first wait between attempts to locate the memory (or to read it
 /// again after an error); it doubles up to [`LOCATE_BACKOFF_MAX`].
