@@ -2,6 +2,8 @@
 //!
 //! - [`pipeline`] — watcher events and manual requests in, captures out
 //! - [`follow`]   — the pod's annotations file in, tunables out
+//! - [`contain`]  — a panic (a bug) in a capture or a pipeline step becomes
+//!   a logged failure, not the end of the watch
 //! - [`storage`]  — opens the spool and the store, retrying until they do
 //!
 //! Wiring only: the decisions live in `trigger`, `scheduler`, `oom` and
@@ -16,6 +18,7 @@
 //! everything: the capture under way (it is the evidence), then uploads;
 //! whatever is not done by then stays in the spool for the next start.
 
+mod contain;
 mod follow;
 mod pipeline;
 mod storage;
@@ -34,6 +37,14 @@ use crate::watch::{self as watcher, WatchConfig};
 const WATCHER_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long start-up waits for the spool's first opening attempt.
 const FIRST_SPOOL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs one step of the pipeline; a panic in it (a bug) is logged and the
+/// loop goes on watching.
+fn contained(what: &str, f: impl FnOnce()) {
+    if let Err(bug) = contain::call(what, f) {
+        tracing::error!(error = %bug, "a step of the pipeline failed; watching goes on");
+    }
+}
 
 /// Whether captures are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,10 +157,10 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     );
     loop {
         tokio::select! {
-            Some(ev) = watch_rx.recv() => p.event(ev),
-            Some(f) = done_rx.recv() => p.finished(f, true),
-            Some(req) = manual_rx.recv() => p.manual(req.reply),
-            _ = second.tick() => p.tick(),
+            Some(ev) = watch_rx.recv() => contained("the pipeline's event handler", || p.event(ev)),
+            Some(f) = done_rx.recv() => contained("the pipeline's capture handler", || p.finished(f, true)),
+            Some(req) = manual_rx.recv() => contained("the pipeline's manual handler", || p.manual(req.reply)),
+            _ = second.tick() => contained("the pipeline's tick", || p.tick()),
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
                 tracing::info!("SIGTERM: stopping captures, finishing uploads");
                 break;

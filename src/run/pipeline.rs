@@ -316,22 +316,32 @@ impl Pipeline {
         let source = self.source.clone();
         let spool_dir = spool.dir().to_path_buf();
         let t0 = d.sample.at;
+        // Kept for the report should the task panic: the pipeline must hear
+        // back from every capture, or the queue waits for it forever.
+        let fallback = draft.clone();
         tokio::spawn(async move {
             let latest = || watch.last.lock().ok().and_then(|l| *l);
-            let (manifest, result) = capturer
-                .complete(
-                    &settings,
-                    writer,
-                    draft,
-                    t0,
-                    &latest,
-                    source,
-                    spool_dir,
-                    is_baseline,
-                )
-                .await;
-            let result = result.map_err(|e| e.to_string());
-            let _ = done.send(Finished { manifest, result });
+            let completed = capturer.complete(
+                &settings,
+                writer,
+                draft,
+                t0,
+                &latest,
+                source,
+                spool_dir,
+                is_baseline,
+            );
+            let finished = match super::contain::future("the capture task", completed).await {
+                Ok((manifest, result)) => Finished {
+                    manifest,
+                    result: result.map_err(|e| e.to_string()),
+                },
+                Err(bug) => Finished {
+                    manifest: fallback,
+                    result: Err(bug),
+                },
+            };
+            let _ = done.send(finished);
         });
         Ok(())
     }
