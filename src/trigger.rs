@@ -9,9 +9,10 @@
 //!   only after the working set falls `hysteresis` points below it. A jump
 //!   over several rungs fires once, for the highest rung crossed: three
 //!   captures of the same moment would only spend quota.
-//! - **Imminent.** A least-squares slope over the last second of samples;
-//!   when `headroom / slope` drops below the lead time, capture now, even
-//!   below the first rung. It fires once per climb and re-arms when the
+//! - **Imminent.** A least-squares slope over the last second of samples
+//!   (or over the dense run of samples since a long gap, when a fast climb
+//!   began after a quiet spell); when `headroom / slope` drops below the
+//!   lead time, capture now, even below the first rung. It fires once per climb and re-arms when the
 //!   working set falls `hysteresis` points below where it fired.
 //! - **Baseline.** When healthy (below half the first rung) and the last
 //!   baseline is older than `baseline_every`.
@@ -98,6 +99,12 @@ const SLOPE_WINDOW: Duration = Duration::from_secs(1);
 const SLOPE_MIN_POINTS: usize = 3;
 /// And they must span at least this long, or jitter reads as a leak.
 const SLOPE_MIN_SPAN: Duration = Duration::from_millis(5);
+/// A gap between two samples this many times the widest gap among the
+/// newer ones (and at least [`REGIME_GAP_MIN`]) ends the slope's window
+/// early, once the newer samples are enough for a slope on their own.
+const REGIME_GAP_FACTOR: u32 = 8;
+/// Gaps shorter than this never end the window: sampling jitter.
+const REGIME_GAP_MIN: Duration = Duration::from_millis(20);
 
 /// The state machine.
 #[derive(Debug, Clone)]
@@ -173,6 +180,15 @@ impl Trigger {
 
     /// Least-squares slope of the working set over the last second, in
     /// bytes per second.
+    ///
+    /// The window ends early at a change of regime. The watcher samples
+    /// densely only while the memory moves, so a run of close samples
+    /// after a long gap is a climb that began after the older samples
+    /// were taken; fitted together with them (a blip of the app's own
+    /// start-up half a second before, say), its slope would read as a
+    /// fraction of the real one, and `imminent` would fire tens of points
+    /// late. The older samples are dropped once the newer ones are enough
+    /// for a slope ([`SLOPE_MIN_POINTS`] over [`SLOPE_MIN_SPAN`]).
     pub fn slope(&self) -> Option<f64> {
         if self.len < SLOPE_MIN_POINTS {
             return None;
@@ -180,12 +196,21 @@ impl Trigger {
         let newest = self.ring[(self.head + HISTORY - 1) % HISTORY].0;
         let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let mut oldest = newest;
+        // The widest gap between two samples already in the window.
+        let mut widest = Duration::ZERO;
         for i in 0..self.len {
             let (t, y) = self.ring[(self.head + HISTORY - 1 - i) % HISTORY];
             let age = newest.saturating_duration_since(t);
             if age > SLOPE_WINDOW {
                 break;
             }
+            let gap = oldest.saturating_duration_since(t);
+            let enough = n as usize >= SLOPE_MIN_POINTS
+                && newest.saturating_duration_since(oldest) >= SLOPE_MIN_SPAN;
+            if enough && gap >= REGIME_GAP_MIN && gap > widest * REGIME_GAP_FACTOR {
+                break;
+            }
+            widest = widest.max(gap);
             oldest = t;
             let x = -age.as_secs_f64();
             let y = y as f64;
@@ -388,6 +413,45 @@ mod tests {
             labels(&fired)[1..],
             ["threshold-80", "threshold-90", "threshold-95"]
         );
+    }
+
+    #[test]
+    fn a_leak_that_starts_after_a_quiet_spell_gets_its_own_slope() {
+        // The app's own start-up: two samples with news, 0.9 s and 0.4 s
+        // before the leak. Then the fastest leak (~0.5 % of the limit per
+        // ms), first seen at 20 % and sampled every 2 ms from there.
+        let mut t = Trigger::new(policy());
+        let mut pts = vec![(0, 0.5), (500, 1.2)];
+        pts.extend((0..40).map(|i| (900 + i * 2, 20.0 + i as f64)));
+        let fired = run(&mut t, &pts);
+        let (ms, reason) = &fired[0];
+        assert_eq!(reason, "imminent", "{fired:?}");
+        // Three points spanning 5 ms are the least a slope needs: 20, 21,
+        // 22, 23 % at 900..906 ms. The start-up samples must not hold the
+        // slope down to a fraction of the leak's.
+        assert!(*ms <= 906, "imminent only at {ms} ms: {fired:?}");
+    }
+
+    #[test]
+    fn a_short_steep_burst_alone_predicts_from_its_own_points() {
+        // Samples every 2 ms climbing 0.1 % each (50 %/s) from 40 %: the
+        // prediction (60 points at 50 %/s = 1.2 s) is within the lead time
+        // once the burst has its three points, whatever came a second
+        // before.
+        let mut t = Trigger::new(policy());
+        let mut pts = vec![(0, 39.0)];
+        pts.extend((0..10).map(|i| (600 + i * 2, 40.0 + 0.1 * i as f64)));
+        assert_eq!(labels(&run(&mut t, &pts)), ["imminent"]);
+    }
+
+    #[test]
+    fn sparse_samples_of_a_slow_climb_keep_the_whole_window() {
+        // One sample every 100 ms rising 0.5 % each (5 %/s) from 50 %: the
+        // OOM is 10 s away, more than the lead time; no gap ends the
+        // window early, so no imminent.
+        let mut t = Trigger::new(policy());
+        let pts: Vec<(u64, f64)> = (0..30).map(|i| (i * 100, 50.0 + 0.5 * i as f64)).collect();
+        assert!(run(&mut t, &pts).is_empty());
     }
 
     #[test]
