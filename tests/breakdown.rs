@@ -132,22 +132,45 @@ fn the_breakdown_adds_up_and_names_what_grew() {
         let v = m["summary"]["verdict"].as_str().unwrap();
         assert!(v.contains("main.(*leakyCache).put"), "{name}: {v}");
     }
-    let m = scenario(
-        "goroutine leak",
-        &[
-            "-mode",
-            "goroutines",
-            "-count",
-            "80000",
-            "-rate",
-            "40000",
-            "-delay",
-            "3s",
-        ],
-        "75,90",
-        "threshold-",
-    )
-    .expect("cgroup");
+    // The app parks 80 000 goroutines, about 83 % of the limit on its own.
+    // The capture comes at the 75 % rung while it is still parking them at
+    // ~100 MB/s, so the goroutine profile (~40 MiB to serve, ~0.4 s in
+    // which the app grows ~38 MiB more) would be the kill: the cost gate
+    // skips it, counting that growth, and the app lives. The Go runtime's
+    // numbers (a small text heap profile) come last; should the app already
+    // be within the margin of its limit when they are asked for, the gate
+    // rightly skips them too, and the verdict can then only say "anonymous
+    // memory". Whether that happens is timing (the watcher's latest
+    // sample), so it is a lost race, tolerated twice in a row (three
+    // attempts); anything else wrong fails at once.
+    let m = retry_race(
+        3,
+        "goroutine leak: the runtime's numbers fit before the app nears its limit",
+        |_| {
+            let m = scenario(
+                "goroutine leak",
+                &[
+                    "-mode",
+                    "goroutines",
+                    "-count",
+                    "80000",
+                    "-rate",
+                    "40000",
+                    "-delay",
+                    "3s",
+                ],
+                "75,90",
+                "threshold-",
+            )
+            .expect("cgroup");
+            match m["go_memstats_error"].as_str() {
+                Some(why) if why.starts_with("not read") => {
+                    Err(format!("skipped to spare the app: {why}"))
+                }
+                _ => Ok(m),
+            }
+        },
+    );
     check("goroutine leak", &m, "stacks +");
     let m = scenario(
         "page cache",

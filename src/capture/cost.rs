@@ -45,6 +45,29 @@ pub fn margin(limit: u64) -> u64 {
 /// The counts the index page reports, by profile name.
 pub type Counts = std::collections::BTreeMap<String, u64>;
 
+/// Seconds the app spends serving a goroutine profile, per goroutine: 76 000
+/// parked goroutines took 368 ms on the test machine (`tests/breakdown.rs`),
+/// rounded up.
+pub const SERVE_SECONDS_PER_GOROUTINE: f64 = 5e-6;
+/// The least time a capture's profiles are taken to need.
+pub const SERVE_SECONDS_MIN: f64 = 0.05;
+
+/// How much the app grows on its own, at `slope` bytes per second, while it
+/// serves the capture's profiles (the longest, a goroutine profile, takes
+/// time in proportion to the goroutines). A climbing app does not wait for
+/// the capture: one at 75 % still parking goroutines went on to 83 % on its
+/// own while it served the profile, and the profile's ~45 MiB on top of
+/// that was the kill.
+pub fn growth_while_serving(slope: Option<f64>, counts: Option<&Counts>) -> u64 {
+    let slope = slope.filter(|k| k.is_finite() && *k > 0.0).unwrap_or(0.0);
+    let goroutines = counts
+        .and_then(|c| c.get("goroutine"))
+        .copied()
+        .unwrap_or(0);
+    let seconds = (goroutines as f64 * SERVE_SECONDS_PER_GOROUTINE).max(SERVE_SECONDS_MIN);
+    (slope * seconds).min(u64::MAX as f64) as u64
+}
+
 /// The estimated cost of serving `kind`, when the index gave its count.
 pub fn estimate(kind: ProfileKind, counts: &Counts) -> Option<u64> {
     let n = |name: &str| counts.get(name).copied();
@@ -72,16 +95,22 @@ pub enum Verdict {
 }
 
 /// Decides the profiles of one capture, in the order given, against what
-/// the app has left: `working_set` and `limit` from the newest sample.
-/// `reserved` is what profiles already under way are estimated to cost.
-/// Each taken profile's estimate is reserved for the ones after it, since
-/// they are fetched concurrently.
+/// the app has left: `working_set` and `limit` from the newest sample, less
+/// `growth`, what the app adds on its own while the profiles are served
+/// ([`growth_while_serving`]). `reserved` is what profiles already under way
+/// are estimated to cost. Each taken profile's estimate is reserved for the
+/// ones after it, since they are fetched concurrently.
+///
+/// When the app's own growth alone takes it to the limit within that time,
+/// the profiles are taken whatever they cost: the leak, not the profile, is
+/// what kills it, and the profiles are the evidence.
 pub fn plan(
     kinds: &[ProfileKind],
     counts: Option<&Counts>,
     working_set: u64,
     limit: Option<u64>,
     mut reserved: u64,
+    growth: u64,
 ) -> Vec<(ProfileKind, Option<u64>, Verdict)> {
     kinds
         .iter()
@@ -89,14 +118,24 @@ pub fn plan(
             let est = counts.and_then(|c| estimate(kind, c));
             let verdict = match (est, limit) {
                 (Some(cost), Some(limit)) => {
-                    let left = limit.saturating_sub(working_set);
+                    let projected = working_set.saturating_add(growth);
+                    let doomed = projected >= limit.saturating_sub(margin(limit));
+                    let left = limit.saturating_sub(projected);
                     let room = left.saturating_sub(margin(limit)).saturating_sub(reserved);
-                    if cost <= room {
+                    if doomed || cost <= room {
                         reserved = reserved.saturating_add(cost);
                         Verdict::Take
                     } else {
+                        let growing = if growth > 0 {
+                            format!(
+                                " once the app's own growth while it is served (about {}) is counted",
+                                crate::pprof::human_bytes(growth)
+                            )
+                        } else {
+                            String::new()
+                        };
                         Verdict::Skip(format!(
-                            "skipped: serving it would cost the app about {} ({}), and only {} is left below the limit (keeping a margin of {})",
+                            "skipped: serving it would cost the app about {} ({}), and only {} is left below the limit{growing} (keeping a margin of {})",
                             crate::pprof::human_bytes(cost),
                             basis(kind, counts),
                             crate::pprof::human_bytes(left.saturating_sub(reserved)),
@@ -153,6 +192,7 @@ mod tests {
             ws,
             Some(limit),
             0,
+            0,
         );
         for (kind, est, v) in &p {
             assert!(est.unwrap() > 26 * MIB, "{kind}");
@@ -164,12 +204,65 @@ mod tests {
     }
 
     #[test]
+    fn an_app_still_climbing_keeps_room_for_its_own_growth() {
+        // 60 000 goroutines at 75 % of 256 MiB, climbing 100 MB/s: serving
+        // the goroutine profile takes ~0.3 s, in which the app adds ~29 MiB
+        // on its own. The profile's ~32 MiB fitted the room the sample
+        // showed, but not the room left once the app has grown.
+        let limit = 256 * MIB;
+        let ws = limit * 3 / 4;
+        let c = counts(60_000, 20);
+        let growth = growth_while_serving(Some(100e6), Some(&c));
+        assert!(growth > 25 * MIB && growth < 32 * MIB, "{growth}");
+        let still = plan(&[ProfileKind::Goroutine], Some(&c), ws, Some(limit), 0, 0);
+        assert_eq!(still[0].2, Verdict::Take);
+        let climbing = plan(
+            &[ProfileKind::Goroutine],
+            Some(&c),
+            ws,
+            Some(limit),
+            0,
+            growth,
+        );
+        let Verdict::Skip(why) = &climbing[0].2 else {
+            panic!("the profile should be skipped: {climbing:?}")
+        };
+        assert!(
+            why.contains("the app's own growth while it is served"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn an_app_its_leak_kills_anyway_gets_its_evidence() {
+        // The fastest leak (~1.3 GB/s) at 30 %: in the 50 ms the profiles
+        // take it reaches the limit on its own, so the goroutine profile is
+        // evidence, not the kill.
+        let limit = 256 * MIB;
+        let c = counts(100_000, 20);
+        let growth = growth_while_serving(Some(1.3e9), Some(&c));
+        let p = plan(
+            &[ProfileKind::Goroutine],
+            Some(&c),
+            limit * 3 / 10,
+            Some(limit),
+            0,
+            growth,
+        );
+        assert_eq!(p[0].2, Verdict::Take);
+        // A falling or unknown slope adds nothing.
+        assert_eq!(growth_while_serving(Some(-5e6), Some(&c)), 0);
+        assert_eq!(growth_while_serving(None, None), 0);
+    }
+
+    #[test]
     fn a_small_app_far_from_its_limit_gets_everything() {
         let p = plan(
             &[ProfileKind::Goroutine, ProfileKind::Allocs],
             Some(&counts(50, 300)),
             100 * MIB,
             Some(256 * MIB),
+            0,
             0,
         );
         assert!(p.iter().all(|(_, _, v)| *v == Verdict::Take));
@@ -187,6 +280,7 @@ mod tests {
             ws,
             Some(limit),
             0,
+            0,
         );
         assert_eq!(p[0].2, Verdict::Take);
         assert!(matches!(p[1].2, Verdict::Skip(_)));
@@ -200,6 +294,7 @@ mod tests {
             250 * MIB,
             Some(256 * MIB),
             0,
+            0,
         );
         assert_eq!(p[0].2, Verdict::Take);
         let p = plan(
@@ -207,6 +302,7 @@ mod tests {
             Some(&counts(1 << 30, 0)),
             0,
             None,
+            0,
             0,
         );
         assert_eq!(p[0].2, Verdict::Take);

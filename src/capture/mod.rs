@@ -188,6 +188,7 @@ impl Capturer {
             .into_iter()
             .filter(|k| *k != ProfileKind::Heap)
             .collect();
+        let slope = draft.trigger.slope_bytes_per_second;
         let heap_fetch = async {
             match heap {
                 true => Some(self.fetch(settings, ProfileKind::Heap, writer, t0).await),
@@ -206,7 +207,8 @@ impl Capturer {
                 (true, Some(c)) => cost::estimate(ProfileKind::Heap, c).unwrap_or(0),
                 _ => 0,
             };
-            let plan = cost::plan(&rest, counts.as_ref(), working_set, limit, reserved);
+            let growth = cost::growth_while_serving(slope, counts.as_ref());
+            let plan = cost::plan(&rest, counts.as_ref(), working_set, limit, reserved, growth);
             let fetches = plan.into_iter().map(|(kind, est, verdict)| async move {
                 let mut rec = match verdict {
                     cost::Verdict::Take => self.fetch(settings, kind, writer, t0).await,
@@ -243,7 +245,15 @@ impl Capturer {
         let (working_set, limit) = latest()
             .map(|s| (s.working_set, s.limit))
             .unwrap_or((0, None));
-        let gate = cost::plan(&[ProfileKind::Heap], counts.as_ref(), working_set, limit, 0);
+        let growth = cost::growth_while_serving(slope, None);
+        let gate = cost::plan(
+            &[ProfileKind::Heap],
+            counts.as_ref(),
+            working_set,
+            limit,
+            0,
+            growth,
+        );
         match gate.into_iter().next().map(|(_, _, v)| v) {
             Some(cost::Verdict::Skip(why)) => {
                 draft.go_memstats_error = Some(format!(
