@@ -27,7 +27,8 @@
 //! - [`problems`] — what is wrong right now, said loudly and kept short
 //! - [`annotations`] — pod annotations: their rules, and reading the
 //!   Downward API file
-//! - [`state`]    — what the running sidecar knows, shared by the two below
+//! - [`state`]    — what the running sidecar knows, shared by `admin` and
+//!   `run`
 //! - [`metrics`]  — the metrics observed as events happen
 //! - [`admin`]    — /healthz, /readyz, /metrics, /status, POST /capture
 //! - [`run`]      — wires the stages together for `oomsnap run` and follows

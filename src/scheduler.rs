@@ -92,7 +92,6 @@ impl<R> Scheduler<R> {
         self.pending.take()
     }
 
-    #[cfg(test)]
     pub fn is_running(&self) -> bool {
         self.running
     }

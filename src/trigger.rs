@@ -426,8 +426,9 @@ mod tests {
         let fired = run(&mut t, &pts);
         let (ms, reason) = &fired[0];
         assert_eq!(reason, "imminent", "{fired:?}");
-        // Three points spanning 5 ms are the least a slope needs: 20, 21,
-        // 22, 23 % at 900..906 ms. The start-up samples must not hold the
+        // At least three points spanning at least 5 ms are what a slope
+        // needs: 20, 21, 22, 23 % at 900..906 ms (three 2 ms samples span
+        // only 4 ms). The start-up samples must not hold the
         // slope down to a fraction of the leak's.
         assert!(*ms <= 906, "imminent only at {ms} ms: {fired:?}");
     }
@@ -436,8 +437,7 @@ mod tests {
     fn a_short_steep_burst_alone_predicts_from_its_own_points() {
         // Samples every 2 ms climbing 0.1 % each (50 %/s) from 40 %: the
         // prediction (60 points at 50 %/s = 1.2 s) is within the lead time
-        // once the burst has its three points, whatever came a second
-        // before.
+        // once the burst has enough points, whatever came 600 ms before.
         let mut t = Trigger::new(policy());
         let mut pts = vec![(0, 39.0)];
         pts.extend((0..10).map(|i| (600 + i * 2, 40.0 + 0.1 * i as f64)));

@@ -70,10 +70,15 @@ fn scenario(
         all.iter().any(|m| m["reason"] == "baseline"),
         "{name}: no baseline before the climb"
     );
-    let m = all
+    let mut m = all
         .into_iter()
         .find(|m| m["reason"].as_str().is_some_and(|r| r.starts_with(reason)))
         .unwrap();
+    // Whether the capture cost the app its life: any kill by the time the
+    // capture is spooled and a moment after. Not a manifest field; kept
+    // beside it for the scenarios that check it.
+    std::thread::sleep(Duration::from_millis(500));
+    m["test_oom_kills"] = cg.oom_kill_count().into();
     let out = std::process::Command::new(oomsnap_bin())
         .args(["report", "--store", &format!("file://{}", store.display())])
         .arg(m["capture_id"].as_str().unwrap())
@@ -134,9 +139,9 @@ fn the_breakdown_adds_up_and_names_what_grew() {
     }
     // The app parks 80 000 goroutines, about 83 % of the limit on its own.
     // The capture comes at the 75 % rung while it is still parking them at
-    // ~100 MB/s, so the goroutine profile (~40 MiB to serve, ~0.4 s in
-    // which the app grows ~38 MiB more) would be the kill: the cost gate
-    // skips it, counting that growth, and the app lives. The Go runtime's
+    // ~100 MB/s, so the goroutine profile (~40 MiB to serve, in ~0.4 s over
+    // which the gate projects ~38 MiB of the app's own growth) would be the
+    // kill: the gate skips it, and the app lives (both checked below). The Go runtime's
     // numbers (a small text heap profile) come last; should the app already
     // be within the margin of its limit when they are asked for, the gate
     // rightly skips them too, and the verdict can then only say "anonymous
@@ -172,6 +177,19 @@ fn the_breakdown_adds_up_and_names_what_grew() {
         },
     );
     check("goroutine leak", &m, "stacks +");
+    let goroutine = m["profiles"]
+        .as_array()
+        .and_then(|p| p.iter().find(|r| r["name"] == "goroutine"))
+        .expect("a goroutine profile record");
+    let skipped = goroutine["skipped"].as_str().unwrap_or_default();
+    assert!(
+        skipped.contains("the app's own growth while it is served"),
+        "goroutine leak: the goroutine profile should be skipped for the app's growth: {goroutine:#}"
+    );
+    assert_eq!(
+        m["test_oom_kills"], 0,
+        "goroutine leak: the capture must not cost the app its life"
+    );
     let m = scenario(
         "page cache",
         &[

@@ -78,7 +78,7 @@ fn compact_time_still_reads_real_ids() {
 /// `/status`, the logs and `oomsnap check`. What is shown is then not what
 /// is fetched.
 ///
-/// Fix (src/config.rs, `parse_target`): return the parsed URL's own
+/// Fix (src/config/parse.rs, `parse_target`): return the parsed URL's own
 /// serialisation, `Ok((url.as_str().trim_end_matches('/').to_string(), port))`.
 #[test]
 fn target_is_returned_as_the_url_that_is_fetched() {
@@ -225,12 +225,12 @@ fn real_profiles_summarise_within_the_sidecar_limit() {
 
 /// `OOMSNAP_FETCH_TIMEOUT=300000000000y` passes validation (humantime reads
 /// it, it is above zero), and `POST /capture` then computes
-/// `fetch_timeout * 2 + 5s` (src/admin.rs), which overflows `Duration` and
+/// `fetch_timeout * 2 + 5s` (now src/admin/mod.rs), which overflows `Duration` and
 /// panics; the release profile has `panic = "abort"`, so the sidecar dies.
 /// `OOMSNAP_SHUTDOWN_GRACE` has the same shape (`Instant::now() + grace` in
-/// src/run.rs).
+/// now src/run/mod.rs).
 ///
-/// Fix (src/config.rs): bound every duration where it is read, e.g.
+/// Fix (src/config/): bound every duration where it is read, e.g.
 /// `FETCH_TIMEOUT`, `CPU_PROFILE_DURATION`, `SHUTDOWN_GRACE` ≤ 1h and
 /// `LEAD_TIME`, `RATE_PERIOD`, `BASELINE_EVERY` ≤ 30 days, with "it must be
 /// at most …" in the error; and use `saturating_mul`/`saturating_add` in
@@ -240,7 +240,7 @@ fn absurd_durations_are_refused_at_start() {
     use std::collections::BTreeMap;
     // The fuzzer's input: OOMSNAP_SHUTDOWN_GRACE=5555555555555years… (key
     // byte '5' = 53 = SHUTDOWN_GRACE), which `Instant::now() + grace` in
-    // run.rs cannot add.
+    // `run` cannot add.
     let found = include_bytes!("../fuzz/regressions/config-shutdown-grace-overflows-instant");
     assert!(found.starts_with(b"5555"));
     for var in [
@@ -292,7 +292,7 @@ fn an_absurd_fetch_timeout_is_refused_at_start() {
 /// reported as `OOMSNAP_POLL_MIN="" is not valid`: it names a variable the
 /// user never set, with an empty value, and not the one they did set.
 ///
-/// Fix (src/config.rs, the `poll_min > poll_max` check): blame `POLL_MAX`
+/// Fix (src/config/mod.rs, the `poll_min > poll_max` check): blame `POLL_MAX`
 /// when `POLL_MIN` is unset — `"a duration no shorter than OOMSNAP_POLL_MIN
 /// (2ms)"` — and keep blaming `POLL_MIN` when both are set.
 #[test]
@@ -324,7 +324,7 @@ fn a_too_small_poll_max_is_reported_as_poll_max() {
 /// read again at start. docs/configuration.md: a bad annotation "never stops the
 /// sidecar". `OOMSNAP_RATE_PERIOD` has the same shape at start-up.
 ///
-/// Fix: (1) src/annotations.rs, the `RATE_PERIOD` arm of `apply`: accept
+/// Fix: (1) src/annotations/rules.rs, the `RATE_PERIOD` arm of `apply`: accept
 /// `Ok(d) if !d.is_zero() && d <= MAX_RATE_PERIOD` (say 30 days, also used
 /// by config.rs for `OOMSNAP_RATE_PERIOD`); (2) src/limit.rs,
 /// `Admission::with_clock`: clamp, `period.clamp(Duration::from_millis(1),

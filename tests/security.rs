@@ -315,7 +315,7 @@ fn the_serialised_config_holds_no_credentials() {
 /// `http://user:SECRET@127.0.0.1`) are accepted today and then printed
 /// verbatim by `check`, `/status` and the start-up log.
 ///
-/// Fix (src/store.rs `StoreUrl::parse` and src/config.rs `parse_target`):
+/// Fix (src/store/mod.rs `StoreUrl::parse` and src/config/parse.rs `parse_target`):
 /// refuse a URL with a username or password — `if !url.username().is_empty()
 /// || url.password().is_some() { return Err("credentials do not belong in
 /// the URL; use the provider's environment (AWS_*, AZURE_*, GOOGLE_*)") }`.

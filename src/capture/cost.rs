@@ -52,20 +52,42 @@ pub const SERVE_SECONDS_PER_GOROUTINE: f64 = 5e-6;
 /// The least time a capture's profiles are taken to need.
 pub const SERVE_SECONDS_MIN: f64 = 0.05;
 
-/// How much the app grows on its own, at `slope` bytes per second, while it
-/// serves the capture's profiles (the longest, a goroutine profile, takes
-/// time in proportion to the goroutines). A climbing app does not wait for
-/// the capture: one at 75 % still parking goroutines went on to 83 % on its
-/// own while it served the profile, and the profile's ~45 MiB on top of
-/// that was the kill.
-pub fn growth_while_serving(slope: Option<f64>, counts: Option<&Counts>) -> u64 {
-    let slope = slope.filter(|k| k.is_finite() && *k > 0.0).unwrap_or(0.0);
+/// How long the app takes to serve the capture's profiles: the longest, a
+/// goroutine profile, in proportion to the goroutines.
+pub fn serve_seconds(counts: Option<&Counts>) -> f64 {
     let goroutines = counts
         .and_then(|c| c.get("goroutine"))
         .copied()
         .unwrap_or(0);
-    let seconds = (goroutines as f64 * SERVE_SECONDS_PER_GOROUTINE).max(SERVE_SECONDS_MIN);
-    (slope * seconds).min(u64::MAX as f64) as u64
+    (goroutines as f64 * SERVE_SECONDS_PER_GOROUTINE).max(SERVE_SECONDS_MIN)
+}
+
+/// What the app adds on its own while a capture is served, at the deciding
+/// sample's slope. A climbing app does not wait for the capture: one at
+/// 75 % still parking goroutines went on to 83 % by itself while it served
+/// the goroutine profile, and the profile's ~40 MiB on top of that was the
+/// kill.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Growth {
+    /// Over the whole time the profiles take ([`serve_seconds`]): room is
+    /// kept for it.
+    pub while_served: u64,
+    /// Over [`SERVE_SECONDS_MIN`] only: when even this takes the app to its
+    /// limit, the leak kills it anyway and the profiles are evidence. The
+    /// short horizon keeps a straight-line guess from calling an app doomed
+    /// that would have levelled off.
+    pub soon: u64,
+}
+
+impl Growth {
+    pub fn at(slope: Option<f64>, serve_seconds: f64) -> Growth {
+        let slope = slope.filter(|k| k.is_finite() && *k > 0.0).unwrap_or(0.0);
+        let bytes = |s: f64| (slope * s).min(u64::MAX as f64) as u64;
+        Growth {
+            while_served: bytes(serve_seconds.max(SERVE_SECONDS_MIN)),
+            soon: bytes(SERVE_SECONDS_MIN),
+        }
+    }
 }
 
 /// The estimated cost of serving `kind`, when the index gave its count.
@@ -97,20 +119,21 @@ pub enum Verdict {
 /// Decides the profiles of one capture, in the order given, against what
 /// the app has left: `working_set` and `limit` from the newest sample, less
 /// `growth`, what the app adds on its own while the profiles are served
-/// ([`growth_while_serving`]). `reserved` is what profiles already under way
+/// ([`Growth`]). `reserved` is what profiles already under way
 /// are estimated to cost. Each taken profile's estimate is reserved for the
 /// ones after it, since they are fetched concurrently.
 ///
-/// When the app's own growth alone takes it to the limit within that time,
-/// the profiles are taken whatever they cost: the leak, not the profile, is
-/// what kills it, and the profiles are the evidence.
+/// When the app's own growth alone takes it to within the margin of the
+/// limit in the next [`SERVE_SECONDS_MIN`], the profiles are taken whatever
+/// they cost: the leak, not the profile, is what kills it, and the profiles
+/// are the evidence.
 pub fn plan(
     kinds: &[ProfileKind],
     counts: Option<&Counts>,
     working_set: u64,
     limit: Option<u64>,
     mut reserved: u64,
-    growth: u64,
+    growth: Growth,
 ) -> Vec<(ProfileKind, Option<u64>, Verdict)> {
     kinds
         .iter()
@@ -118,18 +141,19 @@ pub fn plan(
             let est = counts.and_then(|c| estimate(kind, c));
             let verdict = match (est, limit) {
                 (Some(cost), Some(limit)) => {
-                    let projected = working_set.saturating_add(growth);
-                    let doomed = projected >= limit.saturating_sub(margin(limit));
+                    let edge = limit.saturating_sub(margin(limit));
+                    let doomed = working_set.saturating_add(growth.soon) >= edge;
+                    let projected = working_set.saturating_add(growth.while_served);
                     let left = limit.saturating_sub(projected);
                     let room = left.saturating_sub(margin(limit)).saturating_sub(reserved);
                     if doomed || cost <= room {
                         reserved = reserved.saturating_add(cost);
                         Verdict::Take
                     } else {
-                        let growing = if growth > 0 {
+                        let growing = if growth.while_served > 0 {
                             format!(
                                 " once the app's own growth while it is served (about {}) is counted",
-                                crate::pprof::human_bytes(growth)
+                                crate::pprof::human_bytes(growth.while_served)
                             )
                         } else {
                             String::new()
@@ -192,7 +216,7 @@ mod tests {
             ws,
             Some(limit),
             0,
-            0,
+            Growth::default(),
         );
         for (kind, est, v) in &p {
             assert!(est.unwrap() > 26 * MIB, "{kind}");
@@ -212,9 +236,17 @@ mod tests {
         let limit = 256 * MIB;
         let ws = limit * 3 / 4;
         let c = counts(60_000, 20);
-        let growth = growth_while_serving(Some(100e6), Some(&c));
-        assert!(growth > 25 * MIB && growth < 32 * MIB, "{growth}");
-        let still = plan(&[ProfileKind::Goroutine], Some(&c), ws, Some(limit), 0, 0);
+        let growth = Growth::at(Some(100e6), serve_seconds(Some(&c)));
+        let g = growth.while_served;
+        assert!(g > 25 * MIB && g < 32 * MIB, "{g}");
+        let still = plan(
+            &[ProfileKind::Goroutine],
+            Some(&c),
+            ws,
+            Some(limit),
+            0,
+            Growth::default(),
+        );
         assert_eq!(still[0].2, Verdict::Take);
         let climbing = plan(
             &[ProfileKind::Goroutine],
@@ -235,24 +267,24 @@ mod tests {
 
     #[test]
     fn an_app_its_leak_kills_anyway_gets_its_evidence() {
-        // The fastest leak (~1.3 GB/s) at 30 %: in the 50 ms the profiles
-        // take it reaches the limit on its own, so the goroutine profile is
+        // The fastest leak (~1.3 GB/s) at 75 %: in the next 50 ms it
+        // reaches the limit on its own, so the goroutine profile is
         // evidence, not the kill.
         let limit = 256 * MIB;
         let c = counts(100_000, 20);
-        let growth = growth_while_serving(Some(1.3e9), Some(&c));
+        let growth = Growth::at(Some(1.3e9), serve_seconds(Some(&c)));
         let p = plan(
             &[ProfileKind::Goroutine],
             Some(&c),
-            limit * 3 / 10,
+            limit * 3 / 4,
             Some(limit),
             0,
             growth,
         );
         assert_eq!(p[0].2, Verdict::Take);
         // A falling or unknown slope adds nothing.
-        assert_eq!(growth_while_serving(Some(-5e6), Some(&c)), 0);
-        assert_eq!(growth_while_serving(None, None), 0);
+        assert_eq!(Growth::at(Some(-5e6), 1.0), Growth::default());
+        assert_eq!(Growth::at(None, 1.0), Growth::default());
     }
 
     #[test]
@@ -263,7 +295,7 @@ mod tests {
             100 * MIB,
             Some(256 * MIB),
             0,
-            0,
+            Growth::default(),
         );
         assert!(p.iter().all(|(_, _, v)| *v == Verdict::Take));
     }
@@ -280,7 +312,7 @@ mod tests {
             ws,
             Some(limit),
             0,
-            0,
+            Growth::default(),
         );
         assert_eq!(p[0].2, Verdict::Take);
         assert!(matches!(p[1].2, Verdict::Skip(_)));
@@ -294,7 +326,7 @@ mod tests {
             250 * MIB,
             Some(256 * MIB),
             0,
-            0,
+            Growth::default(),
         );
         assert_eq!(p[0].2, Verdict::Take);
         let p = plan(
@@ -303,7 +335,7 @@ mod tests {
             0,
             None,
             0,
-            0,
+            Growth::default(),
         );
         assert_eq!(p[0].2, Verdict::Take);
     }

@@ -207,7 +207,7 @@ impl Capturer {
                 (true, Some(c)) => cost::estimate(ProfileKind::Heap, c).unwrap_or(0),
                 _ => 0,
             };
-            let growth = cost::growth_while_serving(slope, counts.as_ref());
+            let growth = cost::Growth::at(slope, cost::serve_seconds(counts.as_ref()));
             let plan = cost::plan(&rest, counts.as_ref(), working_set, limit, reserved, growth);
             let fetches = plan.into_iter().map(|(kind, est, verdict)| async move {
                 let mut rec = match verdict {
@@ -245,7 +245,7 @@ impl Capturer {
         let (working_set, limit) = latest()
             .map(|s| (s.working_set, s.limit))
             .unwrap_or((0, None));
-        let growth = cost::growth_while_serving(slope, None);
+        let growth = cost::Growth::at(slope, cost::SERVE_SECONDS_MIN);
         let gate = cost::plan(
             &[ProfileKind::Heap],
             counts.as_ref(),

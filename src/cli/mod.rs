@@ -2,7 +2,7 @@
 //! `help config`.
 //!
 //! Arguments enter as clap structs and the environment through
-//! [`Vars`](crate::config::Vars); tables or JSON leave on stdout, progress
+//! [`Vars`](crate::vars::Vars); tables or JSON leave on stdout, progress
 //! and logs on stderr. Errors are sentences ([`CliError`]) and map to exit
 //! codes: 1 for a failure, 2 for bad configuration or arguments.
 //!

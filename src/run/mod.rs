@@ -38,11 +38,15 @@ const WATCHER_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 /// How long start-up waits for the spool's first opening attempt.
 const FIRST_SPOOL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs one step of the pipeline; a panic in it (a bug) is logged and the
-/// loop goes on watching.
-fn contained(what: &str, f: impl FnOnce()) {
-    if let Err(bug) = contain::call(what, f) {
+/// Runs one step of the pipeline; a panic in it (a bug) is logged, the
+/// pipeline lets go of a capture the step left half-started or
+/// half-finished, and the loop goes on watching.
+fn contained(p: &mut pipeline::Pipeline, what: &str, f: impl FnOnce(&mut pipeline::Pipeline)) {
+    if let Err(bug) = contain::call(what, || f(p)) {
         tracing::error!(error = %bug, "a step of the pipeline failed; watching goes on");
+        if let Err(bug) = contain::call("the pipeline's recovery", || p.recover()) {
+            tracing::error!(error = %bug, "the pipeline could not recover; watching goes on");
+        }
     }
 }
 
@@ -157,10 +161,10 @@ pub async fn run(loaded: Loaded, mode: Mode) {
     );
     loop {
         tokio::select! {
-            Some(ev) = watch_rx.recv() => contained("the pipeline's event handler", || p.event(ev)),
-            Some(f) = done_rx.recv() => contained("the pipeline's capture handler", || p.finished(f, true)),
-            Some(req) = manual_rx.recv() => contained("the pipeline's manual handler", || p.manual(req.reply)),
-            _ = second.tick() => contained("the pipeline's tick", || p.tick()),
+            Some(ev) = watch_rx.recv() => contained(&mut p, "the pipeline's event handler", |p| p.event(ev)),
+            Some(f) = done_rx.recv() => contained(&mut p, "the pipeline's capture handler", |p| p.finished(f, true)),
+            Some(req) = manual_rx.recv() => contained(&mut p, "the pipeline's manual handler", |p| p.manual(req.reply)),
+            _ = second.tick() => contained(&mut p, "the pipeline's tick", |p| p.tick()),
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
                 tracing::info!("SIGTERM: stopping captures, finishing uploads");
                 break;

@@ -495,6 +495,20 @@ impl Pipeline {
         }
     }
 
+    /// After a step of the loop panicked (a bug, contained by `run`): a
+    /// capture the scheduler counts as running while no task runs it would
+    /// hold the queue for good, so it is let go and the queued one starts.
+    pub fn recover(&mut self) {
+        if self.running.is_none() && self.sched.is_running() {
+            tracing::warn!(
+                "the scheduler was left waiting for a capture no task runs; the queue moves on"
+            );
+            if let Some(job) = self.sched.done() {
+                self.launch(job);
+            }
+        }
+    }
+
     pub fn event(&mut self, ev: WatchEvent) {
         match ev {
             WatchEvent::Located(src) => {
