@@ -18,22 +18,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
 const LIMIT: u64 = 256 << 20;
-
-fn manifests(store: &Path) -> Vec<serde_json::Value> {
-    let mut v: Vec<serde_json::Value> = files_under(store)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect();
-    v.sort_by_key(|m| m["capture_id"].as_str().unwrap_or_default().to_string());
-    v
-}
 
 /// Runs one scenario and returns the first capture after the baseline
 /// whose reason starts with `reason`.
@@ -60,12 +49,12 @@ fn scenario(
     let snap = Oomsnap::run(&env);
     let store = dir.path().join("store");
     let found = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        manifests(&store)
+        manifests_under(&store)
             .iter()
             .any(|m| m["reason"].as_str().is_some_and(|r| r.starts_with(reason)))
     });
     assert!(found, "{name}: no {reason} capture\n{}", snap.logs());
-    let all = manifests(&store);
+    let all = manifests_under(&store);
     assert!(
         all.iter().any(|m| m["reason"] == "baseline"),
         "{name}: no baseline before the climb"

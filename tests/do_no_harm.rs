@@ -12,34 +12,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// The message of the active problem of `kind` on `/status`, if any.
-fn problem(status: &serde_json::Value, kind: &str) -> Option<String> {
-    status["problems"]
-        .as_array()?
-        .iter()
-        .find(|p| p["kind"] == kind)
-        .and_then(|p| p["message"].as_str())
-        .map(str::to_string)
-}
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
-}
-
-/// The capture's manifests in a file:// store.
-fn manifests(store: &Path) -> Vec<serde_json::Value> {
-    files_under(store)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
         .collect()
 }
 
@@ -64,7 +44,7 @@ fn bad_variables_fall_back_to_defaults_and_are_reported_while_run_stays_up() {
     let snap = Oomsnap::start(&["run"], &bad);
     assert_eq!(snap.get("/healthz").0, 200);
     let s = snap.status();
-    let config = problem(&s, "config").expect("a config problem");
+    let config = problem_in(&s, "config").expect("a config problem");
     for v in [
         "OOMSNAP_THRESHOLDS",
         "OOMSNAP_LEAD_TIME",
@@ -75,7 +55,7 @@ fn bad_variables_fall_back_to_defaults_and_are_reported_while_run_stays_up() {
     ] {
         assert!(config.contains(v), "{v} is not named: {config}");
     }
-    assert!(problem(&s, "store").is_some_and(|m| m.contains("stay in the spool")));
+    assert!(problem_in(&s, "store").is_some_and(|m| m.contains("stay in the spool")));
     // The defaults are in force.
     assert!(
         wait_until(Duration::from_secs(5), Duration::from_millis(20), || snap
@@ -138,7 +118,10 @@ fn a_spool_that_cannot_be_created_is_retried_and_opens_once_it_can() {
     assert!(wait_until(
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || { problem(&snap.status(), "spool").is_some_and(|m| m.contains("OOMSNAP_SPOOL_DIR")) }
+        || {
+            snap.problem("spool")
+                .is_some_and(|m| m.contains("OOMSNAP_SPOOL_DIR"))
+        }
     ));
     let (code, body) = snap.capture();
     assert_eq!(code, 503, "a capture without a spool: {body}");
@@ -147,7 +130,7 @@ fn a_spool_that_cannot_be_created_is_retried_and_opens_once_it_can() {
     std::fs::remove_file(&blocker).unwrap();
     assert!(
         wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-            problem(&snap.status(), "spool").is_none()
+            snap.problem("spool").is_none()
         }),
         "the spool never opened: {}",
         snap.logs()
@@ -157,7 +140,7 @@ fn a_spool_that_cannot_be_created_is_retried_and_opens_once_it_can() {
     assert!(wait_until(
         Duration::from_secs(10),
         Duration::from_millis(100),
-        || { !manifests(&store).is_empty() }
+        || { !manifests_under(&store).is_empty() }
     ));
 }
 
@@ -189,7 +172,8 @@ fn a_store_that_cannot_open_keeps_captures_in_the_spool_until_it_does() {
         Duration::from_secs(5),
         Duration::from_millis(50),
         || {
-            problem(&snap.status(), "store").is_some_and(|m| m.contains("cannot open the store"))
+            snap.problem("store")
+                .is_some_and(|m| m.contains("cannot open the store"))
         }
     ));
     let (code, body) = snap.capture();
@@ -203,7 +187,7 @@ fn a_store_that_cannot_open_keeps_captures_in_the_spool_until_it_does() {
     std::fs::remove_file(&blocker).unwrap();
     assert!(
         wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            manifests(&store).len() == 1
+            manifests_under(&store).len() == 1
         }),
         "the spooled capture never shipped: {}",
         snap.logs()
@@ -211,7 +195,7 @@ fn a_store_that_cannot_open_keeps_captures_in_the_spool_until_it_does() {
     assert!(wait_until(
         Duration::from_secs(5),
         Duration::from_millis(100),
-        || { problem(&snap.status(), "store").is_none() }
+        || { snap.problem("store").is_none() }
     ));
 }
 
@@ -256,7 +240,7 @@ fn a_taken_admin_port_is_retried_and_served_once_free() {
     let _ = child.wait();
     assert!(healthy, "the admin port was never served: {}", logs());
     let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
-    assert_eq!(problem(&status, "admin"), None);
+    assert_eq!(problem_in(&status, "admin"), None);
 }
 
 #[test]
@@ -294,7 +278,7 @@ fn no_ca_bundle_is_needed_for_an_http_target_and_a_file_store() {
     assert!(wait_until(
         Duration::from_secs(10),
         Duration::from_millis(100),
-        || { manifests(&store).len() == 1 }
+        || { manifests_under(&store).len() == 1 }
     ));
 }
 
@@ -317,7 +301,8 @@ fn an_endpoint_without_a_scheme_is_a_problem_not_a_crash() {
     );
     assert!(
         wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
-            problem(&snap.status(), "store").is_some_and(|m| m.contains("AWS_ENDPOINT"))
+            snap.problem("store")
+                .is_some_and(|m| m.contains("AWS_ENDPOINT"))
         }),
         "{}",
         snap.logs()
@@ -420,7 +405,7 @@ fn a_capture_never_costs_a_parked_app_its_life() {
     );
     assert!(
         wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-            !manifests(&store).is_empty()
+            !manifests_under(&store).is_empty()
         }),
         "no capture at 91 %: {}",
         snap.logs()
@@ -431,7 +416,7 @@ fn a_capture_never_costs_a_parked_app_its_life() {
         leaker.wait_exit(Duration::from_millis(10)).is_none(),
         "the app died"
     );
-    let m = &manifests(&store)[0];
+    let m = &manifests_under(&store)[0];
     let profiles = m["profiles"].as_array().unwrap();
     let heap = profiles.iter().find(|p| p["name"] == "heap").unwrap();
     assert!(

@@ -31,14 +31,6 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn manifests(store: &Path) -> Vec<serde_json::Value> {
-    files_under(store)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
-}
-
 fn start(cg: &MemCgroup, leaker: &Leaker, dir: &Path) -> Oomsnap {
     Oomsnap::start(
         &["run"],
@@ -91,7 +83,7 @@ fn false_alarm(rate: &str) -> Option<Alarm> {
     );
     // Give a wrongly shipped capture every chance to show up.
     std::thread::sleep(Duration::from_secs(2));
-    let shipped = manifests(&store);
+    let shipped = manifests_under(&store);
     assert!(
         shipped.is_empty(),
         "rate {rate}: a false alarm reached the store: {:?}",
@@ -164,12 +156,14 @@ fn a_leak_that_goes_on_to_the_kill_ships_its_provisional_capture_confirmed() {
     let store = dir.path().join("store");
     assert!(
         wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-            manifests(&store).iter().any(|m| m["reason"] == "imminent")
+            manifests_under(&store)
+                .iter()
+                .any(|m| m["reason"] == "imminent")
         }),
         "the provisional capture never shipped\n{}",
         snap.logs()
     );
-    let m = manifests(&store)
+    let m = manifests_under(&store)
         .into_iter()
         .find(|m| m["reason"] == "imminent")
         .unwrap();

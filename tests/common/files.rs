@@ -89,6 +89,17 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every `manifest.json` under `store`, parsed, in capture-id order.
+pub fn manifests_under(store: &Path) -> Vec<serde_json::Value> {
+    let mut v: Vec<serde_json::Value> = files_under(store)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .map(|p| serde_json::from_slice(&fs::read(&p).unwrap()).unwrap())
+        .collect();
+    v.sort_by_key(|m| m["capture_id"].as_str().unwrap_or_default().to_string());
+    v
+}
+
 /// The first file named `name` under `dir`.
 pub fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     files_under(dir)

@@ -78,6 +78,11 @@ impl Oomsnap {
         (s, String::from_utf8_lossy(&b).into_owned())
     }
 
+    /// The message of the active problem of `kind` on `/status`, if any.
+    pub fn problem(&self, kind: &str) -> Option<String> {
+        problem_in(&self.status(), kind)
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let (code, body) = self.get("/status");
         assert_eq!(code, 200, "{body}");
@@ -231,4 +236,14 @@ impl Oomsnap {
     pub fn run(env: &OomsnapEnv) -> Oomsnap {
         Oomsnap::start(&["run"], env.vars())
     }
+}
+
+/// The message of the active problem of `kind` in a `/status` document.
+pub fn problem_in(status: &serde_json::Value, kind: &str) -> Option<String> {
+    status["problems"]
+        .as_array()?
+        .iter()
+        .find(|p| p["kind"] == kind)
+        .and_then(|p| p["message"].as_str())
+        .map(str::to_string)
 }

@@ -40,23 +40,6 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn problem(status: &serde_json::Value, kind: &str) -> Option<String> {
-    status["problems"]
-        .as_array()?
-        .iter()
-        .find(|p| p["kind"] == kind)
-        .and_then(|p| p["message"].as_str())
-        .map(str::to_string)
-}
-
-fn manifests(store: &Path) -> Vec<serde_json::Value> {
-    files_under(store)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
-}
-
 fn base(dir: &Path) -> Vec<(String, String)> {
     env(&[
         ("OOMSNAP_SPOOL_DIR", dir.join("spool").display().to_string()),
@@ -327,7 +310,7 @@ fn captures_from_the_network_are_refused_by_default_and_never_spend_the_near_oom
         "{oom}"
     );
     assert!(
-        manifests(&store)
+        manifests_under(&store)
             .iter()
             .filter(|m| m["reason"] != "manual")
             .count()
@@ -357,7 +340,7 @@ fn an_annotations_fifo_never_hangs_the_sidecar() {
         let s = snap.status();
         assert!(t0.elapsed() < Duration::from_secs(1));
         assert!(
-            problem(&s, "annotations").is_some_and(|m| m.contains("not a regular file")),
+            problem_in(&s, "annotations").is_some_and(|m| m.contains("not a regular file")),
             "{s:#}"
         );
         assert_eq!(snap.get("/healthz").0, 200);
@@ -407,7 +390,7 @@ fn a_redirect_from_the_target_is_never_followed() {
         .env("OOMSNAP_ADMIN_ADDR", "off")
         .output()
         .unwrap();
-    let m = manifests(&dir.path().join("store"));
+    let m = manifests_under(&dir.path().join("store"));
     let text = m
         .first()
         .map(|m| m.to_string())
@@ -440,7 +423,10 @@ fn huge_and_quota_killing_annotations_are_refused_within_a_small_memory() {
     assert!(wait_until(
         Duration::from_secs(8),
         Duration::from_millis(100),
-        || { problem(&snap.status(), "annotations").is_some_and(|m| m.contains("larger than")) }
+        || {
+            snap.problem("annotations")
+                .is_some_and(|m| m.contains("larger than"))
+        }
     ));
     let peak = proc_kib(snap.pid(), "VmHWM:");
     assert!(
@@ -457,10 +443,13 @@ fn huge_and_quota_killing_annotations_are_refused_within_a_small_memory() {
     assert!(wait_until(
         Duration::from_secs(8),
         Duration::from_millis(100),
-        || { problem(&snap.status(), "annotations").is_some_and(|m| m.contains("can never fire")) }
+        || {
+            snap.problem("annotations")
+                .is_some_and(|m| m.contains("can never fire"))
+        }
     ));
     let s = snap.status();
-    let p = problem(&s, "annotations").unwrap();
+    let p = problem_in(&s, "annotations").unwrap();
     assert!(
         p.contains("rate-period") && p.contains("at least 1s"),
         "{p}"
