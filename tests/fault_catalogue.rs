@@ -356,7 +356,8 @@ fn sigkill_at_random_points_of_a_capture_never_leaves_a_corrupt_object() {
                 .count()
                 == 0
         }),
-        "{}",
+        "the spool still holds {:#?} after 60 s:\n{}",
+        spool_listing(&spool),
         snap.logs()
     );
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -393,4 +394,28 @@ fn sigkill_at_random_points_of_a_capture_never_leaves_a_corrupt_object() {
         "50 SIGKILLs: {} captures reached the store intact",
         manifests.len()
     );
+}
+
+/// Each folder left in the spool with the files it holds, for a failure
+/// message that shows what could not ship.
+fn spool_listing(spool: &std::path::Path) -> Vec<(String, Vec<String>)> {
+    let names = |p: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    names(spool)
+        .into_iter()
+        .filter(|n| spool.join(n).is_dir())
+        .map(|n| {
+            let files = names(&spool.join(&n));
+            (n, files)
+        })
+        .collect()
 }

@@ -45,11 +45,14 @@ async fn open_spool(shared: &Arc<Shared>, retry_in: Duration) -> Option<Spool> {
     let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max)).await;
     let spool = match opened {
         Ok(Ok((spool, rec))) => {
-            if rec.complete + rec.completed_from_draft + rec.removed_partial > 0 {
+            if rec.complete + rec.completed_from_draft + rec.removed_partial + rec.finished_removal
+                > 0
+            {
                 tracing::info!(
                     waiting = rec.complete,
                     completed_after_crash = rec.completed_from_draft,
                     removed_half_written = rec.removed_partial,
+                    finished_removing_shipped = rec.finished_removal,
                     "spool recovered from an earlier run"
                 );
             }

@@ -15,6 +15,11 @@
 //! is complete once its folder loses `.partial`, which happens only after
 //! its manifest is in place.
 //!
+//! A bundle leaves the spool by being renamed to `<id>.removing` before its
+//! files are deleted, so a kill in the middle never leaves a folder that
+//! looks complete but has lost its `.key` (it could never ship, and would
+//! hold its bytes for good); recovery finishes such removals.
+//!
 //! After a crash, a partial bundle that already holds finished profiles is
 //! completed from its `draft.json` (its manifest says `recovered`), because a
 //! profile spooled before the kill is exactly the evidence oomsnap exists
@@ -40,6 +45,8 @@ use sha2::{Digest, Sha256};
 use crate::manifest::{Manifest, ProfileRecord, MANIFEST_FILE};
 
 const PARTIAL: &str = ".partial";
+/// A shipped or dropped bundle whose files are being deleted.
+const REMOVING: &str = ".removing";
 const TMP: &str = ".tmp";
 /// The object key prefix a bundle ships to.
 pub const KEY_FILE: &str = ".key";
@@ -112,6 +119,8 @@ pub struct Recovery {
     pub complete: usize,
     pub completed_from_draft: usize,
     pub removed_partial: usize,
+    /// Bundles already shipped or dropped whose deletion a kill interrupted.
+    pub finished_removal: usize,
     /// Bundles recovery could not fix (a full disk, a read-only one); they
     /// are left as they are and recovery is tried again at the next start.
     pub errors: Vec<String>,
@@ -169,6 +178,18 @@ impl Spool {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             if !path.is_dir() {
+                continue;
+            }
+            // A folder without its `.key` can never ship: only an older
+            // version's interrupted removal leaves one, as `.removing` does
+            // now, and both are finished here.
+            if name.ends_with(REMOVING)
+                || (!name.ends_with(PARTIAL) && !path.join(KEY_FILE).exists())
+            {
+                match fs::remove_dir_all(&path) {
+                    Ok(()) => rec.finished_removal += 1,
+                    Err(e) => rec.errors.push(io("remove", &path)(e).to_string()),
+                }
                 continue;
             }
             if let Some(id) = name.strip_suffix(PARTIAL) {
@@ -268,6 +289,7 @@ impl Spool {
         let mut n = 1;
         while self.dir.join(&candidate).exists()
             || self.dir.join(format!("{candidate}{PARTIAL}")).exists()
+            || self.dir.join(format!("{candidate}{REMOVING}")).exists()
         {
             n += 1;
             candidate = format!("{id}-{n}");
@@ -324,7 +346,11 @@ impl Spool {
         {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.ends_with(PARTIAL) || !path.is_dir() || path.join(PROVISIONAL_FILE).exists() {
+            if name.ends_with(PARTIAL)
+                || name.ends_with(REMOVING)
+                || !path.is_dir()
+                || path.join(PROVISIONAL_FILE).exists()
+            {
                 continue;
             }
             let Ok(key) = fs::read_to_string(path.join(KEY_FILE)) else {
@@ -371,7 +397,7 @@ impl Spool {
             .flatten()
             .filter(|e| e.path().join(PROVISIONAL_FILE).exists())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.ends_with(PARTIAL))
+            .filter(|n| !n.ends_with(PARTIAL) && !n.ends_with(REMOVING))
             .collect();
         out.sort();
         out
@@ -402,9 +428,7 @@ impl Spool {
 
     /// Deletes a provisional bundle nothing confirmed.
     pub fn discard(&self, id: &str) -> Result<(), SpoolError> {
-        let dir = self.dir.join(id);
-        fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
-        sync_dir(&self.dir)
+        self.delete(&self.dir.join(id))
     }
 
     /// Bytes held by complete and partial bundles.
@@ -414,8 +438,19 @@ impl Spool {
 
     /// Removes a shipped bundle.
     pub fn remove(&self, b: &Bundle) -> Result<(), SpoolError> {
-        fs::remove_dir_all(&b.dir).map_err(io("remove", &b.dir))?;
-        sync_dir(&self.dir)
+        self.delete(&b.dir)
+    }
+
+    /// Takes a bundle out of the spool in one rename, then deletes its
+    /// files: a kill between the two leaves a `.removing` folder that
+    /// nothing ships and recovery deletes, never a half-deleted bundle.
+    fn delete(&self, dir: &Path) -> Result<(), SpoolError> {
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(REMOVING);
+        let gone = self.dir.join(name);
+        fs::rename(dir, &gone).map_err(io("rename", dir))?;
+        sync_dir(&self.dir)?;
+        fs::remove_dir_all(&gone).map_err(io("remove", &gone))
     }
 
     /// Drops the oldest bundles until the spool fits; never drops `keep`
