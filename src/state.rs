@@ -26,9 +26,9 @@ use crate::config::Config;
 use crate::limit::Admission;
 use crate::metrics::Metrics;
 use crate::oom::CaptureEntry;
-use crate::problems::Problems;
+use crate::problems::{ProblemKind, Problems};
 use crate::ship::Shipper;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolError};
 use crate::watch::WatchState;
 
 /// Captures remembered for `/status` and OOM attribution.
@@ -200,6 +200,37 @@ impl Shared {
                 c.pop_front();
             }
         }
+    }
+
+    /// Runs spool file work (fsyncs, deletes) on a blocking thread, so the
+    /// runtime thread only waits on sockets. A failure becomes the `spool`
+    /// problem, "cannot {doing}: {error}"; when `ships`, success wakes the
+    /// shipper for what the work made shippable. Either way the spool view
+    /// is refreshed. Without a spool (still opening) there is nothing to do.
+    pub fn spool_work(
+        self: &Arc<Self>,
+        doing: String,
+        ships: bool,
+        work: impl FnOnce(&Spool) -> Result<(), SpoolError> + Send + 'static,
+    ) {
+        let Some(spool) = self.storage.spool.get().cloned() else {
+            return;
+        };
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || {
+            match work(&spool) {
+                Ok(()) if ships => {
+                    if let Some(s) = shared.storage.shipper.get() {
+                        s.wake.notify_one();
+                    }
+                }
+                Ok(()) => {}
+                Err(e) => shared
+                    .problems
+                    .set(ProblemKind::Spool, format!("cannot {doing}: {e}")),
+            }
+            shared.refresh_spool_view();
+        });
     }
 
     /// Re-reads the spool's size and bundles. Blocking: call it from a

@@ -469,19 +469,11 @@ impl Pipeline {
                 },
             },
         );
-        if let Some(spool) = self.shared.storage.spool.get().cloned() {
-            let keep = run.id.clone();
-            let shared = self.shared.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = spool.enforce_bound(&keep) {
-                    shared.problems.set(
-                        ProblemKind::Spool,
-                        format!("cannot keep the spool bounded: {e}"),
-                    );
-                }
-                shared.refresh_spool_view();
+        let keep = run.id.clone();
+        self.shared
+            .spool_work("keep the spool bounded".into(), false, move |spool| {
+                spool.enforce_bound(&keep).map(drop)
             });
-        }
         if let Some(s) = self.shared.storage.shipper.get() {
             s.wake.notify_one();
         }

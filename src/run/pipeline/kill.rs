@@ -9,7 +9,6 @@ use crate::keys;
 use crate::manifest::{self, OomRecord, TriggerSample, SCHEMA};
 use crate::memory::Sample;
 use crate::oom::{self, Evidence};
-use crate::problems::ProblemKind;
 
 use super::Pipeline;
 
@@ -77,30 +76,18 @@ impl Pipeline {
                 None => "the capture's timing is unknown".into(),
             }
         );
-        let Some(spool) = self.shared.storage.spool.get().cloned() else {
-            return;
-        };
-        let shared = self.shared.clone();
         // Two kills in one second are two records: the sequence keeps them
         // apart within this process, `unique_id` from an earlier one.
         self.oom_seq += 1;
         let seq = self.oom_seq;
-        tokio::task::spawn_blocking(move || {
-            let id = spool.unique_id(&format!(
-                "{}_oom{seq}",
-                keys::compact_time(SystemTime::now())
-            ));
-            let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
-            match spool.add_single(&id, &a.key, manifest::OOM_FILE, &bytes) {
-                Ok(()) => {
-                    if let Some(s) = shared.storage.shipper.get() {
-                        s.wake.notify_one();
-                    }
-                }
-                Err(e) => shared
-                    .problems
-                    .set(ProblemKind::Spool, format!("cannot spool oom.json: {e}")),
-            }
-        });
+        self.shared
+            .spool_work("spool oom.json".into(), true, move |spool| {
+                let id = spool.unique_id(&format!(
+                    "{}_oom{seq}",
+                    keys::compact_time(SystemTime::now())
+                ));
+                let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+                spool.add_single(&id, &a.key, manifest::OOM_FILE, &bytes)
+            });
     }
 }

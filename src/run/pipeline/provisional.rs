@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use crate::problems::ProblemKind;
 use crate::speculative::Action;
 use crate::trigger::{Decision, Reason};
 
@@ -64,10 +63,9 @@ impl Pipeline {
     /// Carries out a settled provisional capture's fate on the spool.
     pub(super) fn apply(&mut self, a: Action) {
         self.publish_provisional();
-        let Some(spool) = self.shared.storage.spool.get().cloned() else {
+        if self.shared.storage.spool.get().is_none() {
             return;
-        };
-        let shared = self.shared.clone();
+        }
         match a {
             Action::Confirm { id, by } => {
                 // Confirmed, it is a near-OOM capture like any other and
@@ -91,7 +89,7 @@ impl Pipeline {
                         &id,
                         format!("dropped: the quota was spent when {by} confirmed it"),
                     );
-                    self.remove(spool, shared, id);
+                    self.remove(id);
                     return;
                 }
                 tracing::info!(
@@ -100,17 +98,11 @@ impl Pipeline {
                     "a provisional capture is confirmed and ships"
                 );
                 self.mark(&id, format!("confirmed by {by}"));
-                tokio::task::spawn_blocking(move || match spool.confirm(&id, &by) {
-                    Ok(()) => {
-                        if let Some(s) = shared.storage.shipper.get() {
-                            s.wake.notify_one();
-                        }
-                    }
-                    Err(e) => shared.problems.set(
-                        ProblemKind::Spool,
-                        format!("cannot confirm the provisional capture {id}: {e}"),
-                    ),
-                });
+                self.shared.spool_work(
+                    format!("confirm the provisional capture {id}"),
+                    true,
+                    move |spool| spool.confirm(&id, &by),
+                );
             }
             Action::Discard { id } => {
                 tracing::info!(
@@ -126,26 +118,17 @@ impl Pipeline {
                     })
                     .inc();
                 self.mark(&id, "discarded".into());
-                self.remove(spool, shared, id);
+                self.remove(id);
             }
         }
     }
 
     /// Deletes a provisional bundle, off the runtime thread.
-    fn remove(
-        &self,
-        spool: crate::spool::Spool,
-        shared: std::sync::Arc<crate::state::Shared>,
-        id: String,
-    ) {
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = spool.discard(&id) {
-                shared.problems.set(
-                    ProblemKind::Spool,
-                    format!("cannot discard the provisional capture {id}: {e}"),
-                );
-            }
-            shared.refresh_spool_view();
-        });
+    fn remove(&self, id: String) {
+        self.shared.spool_work(
+            format!("discard the provisional capture {id}"),
+            false,
+            move |spool| spool.discard(&id),
+        );
     }
 }
