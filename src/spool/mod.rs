@@ -180,12 +180,16 @@ impl Spool {
             if !path.is_dir() {
                 continue;
             }
-            // A folder without its `.key` can never ship: only an older
-            // version's interrupted removal leaves one, as `.removing` does
-            // now, and both are finished here.
-            if name.ends_with(REMOVING)
-                || (!name.ends_with(PARTIAL) && !path.join(KEY_FILE).exists())
-            {
+            // A bundle's folder without its `.key` can never ship: only an
+            // older version's interrupted removal leaves one, as `.removing`
+            // does now, and both are finished here. A keyless folder not
+            // named like a capture (`lost+found` when the spool is a
+            // volume's root) is not ours: it is neither counted nor deleted.
+            let keyless = !name.ends_with(PARTIAL) && !path.join(KEY_FILE).exists();
+            if keyless && crate::keys::capture_time(&name).is_none() {
+                continue;
+            }
+            if keyless || name.ends_with(REMOVING) {
                 match fs::remove_dir_all(&path) {
                     Ok(()) => rec.finished_removal += 1,
                     Err(e) => rec.errors.push(io("remove", &path)(e).to_string()),

@@ -159,35 +159,48 @@ fn provisional_bytes_do_not_push_shippable_captures_out() {
 fn a_removal_a_kill_interrupted_is_finished_at_the_next_start() {
     let d = tempfile::tempdir().unwrap();
     let (s, _) = Spool::open(d.path(), 1 << 20).unwrap();
-    for id in ["a", "b", "c"] {
+    let [a, b, c] = [
+        "20261130T145729.531Z_manual",
+        "20261130T145730.001Z_threshold-80",
+        "20261130T145731.002Z_threshold-90",
+    ];
+    for id in [a, b, c] {
         bundle(&s, id, 10);
     }
+    // Not ours: a volume's lost+found when the spool is the mount's root.
+    fs::create_dir(d.path().join("lost+found")).unwrap();
     // Killed after the rename that takes a shipped bundle out of the spool.
-    fs::rename(d.path().join("a"), d.path().join(format!("a{REMOVING}"))).unwrap();
+    fs::rename(d.path().join(a), d.path().join(format!("{a}{REMOVING}"))).unwrap();
     // An older version deleted files in place: killed after `.key` went.
-    fs::remove_file(d.path().join("b").join(KEY_FILE)).unwrap();
+    fs::remove_file(d.path().join(b).join(KEY_FILE)).unwrap();
     assert_eq!(
         s.bundles()
             .unwrap()
             .into_iter()
             .map(|b| b.id)
             .collect::<Vec<_>>(),
-        vec!["c"],
+        vec![c],
         "neither half-removed folder is offered for shipping"
     );
 
     let (s, rec) = Spool::open(d.path(), 1 << 20).unwrap();
     assert_eq!((rec.complete, rec.finished_removal), (1, 2));
     assert!(rec.errors.is_empty(), "{:?}", rec.errors);
-    let left: Vec<String> = fs::read_dir(d.path())
+    let mut left: Vec<String> = fs::read_dir(d.path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, vec!["c"]);
+    left.sort();
+    assert_eq!(left, vec![c, "lost+found"]);
 
     // A normal removal leaves nothing behind.
-    let c = s.bundles().unwrap().remove(0);
-    s.remove(&c).unwrap();
-    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    let shipped = s.bundles().unwrap().remove(0);
+    s.remove(&shipped).unwrap();
+    let left: Vec<_> = fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec!["lost+found"]);
 }
