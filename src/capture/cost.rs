@@ -123,9 +123,9 @@ pub enum Verdict {
 /// are estimated to cost. Each taken profile's estimate is reserved for the
 /// ones after it, since they are fetched concurrently.
 ///
-/// When the app's own growth alone takes it to within the margin of the
-/// limit in the next [`SERVE_SECONDS_MIN`], the profiles are taken whatever
-/// they cost: the leak, not the profile, is what kills it, and the profiles
+/// When the app is growing and its own growth alone takes it to within the
+/// margin of the limit in the next [`SERVE_SECONDS_MIN`], the profiles are
+/// taken whatever they cost: the leak, not the profile, is what kills it, and the profiles
 /// are the evidence.
 pub fn plan(
     kinds: &[ProfileKind],
@@ -142,7 +142,10 @@ pub fn plan(
             let verdict = match (est, limit) {
                 (Some(cost), Some(limit)) => {
                     let edge = limit.saturating_sub(margin(limit));
-                    let doomed = working_set.saturating_add(growth.soon) >= edge;
+                    // Growing, not merely near: a flat app inside the
+                    // margin may live on, unless a profile tips it over.
+                    let doomed =
+                        growth.soon > 0 && working_set.saturating_add(growth.soon) >= edge;
                     let projected = working_set.saturating_add(growth.while_served);
                     let left = limit.saturating_sub(projected);
                     let room = left.saturating_sub(margin(limit)).saturating_sub(reserved);
@@ -225,6 +228,17 @@ mod tests {
             };
             assert!(why.contains("100000 goroutine records"), "{why}");
         }
+        // Parked inside the margin itself, but not growing: the leak is not
+        // what kills it, so the profile still must not.
+        let p = plan(
+            &[ProfileKind::Goroutine],
+            Some(&counts(100_000, 50)),
+            limit - margin(limit) / 2,
+            Some(limit),
+            0,
+            Growth::default(),
+        );
+        assert!(matches!(p[0].2, Verdict::Skip(_)), "{p:?}");
     }
 
     #[test]
