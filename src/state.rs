@@ -204,33 +204,36 @@ impl Shared {
 
     /// Runs spool file work (fsyncs, deletes) on a blocking thread, so the
     /// runtime thread only waits on sockets. A failure becomes the `spool`
-    /// problem, "cannot {doing}: {error}"; when `ships`, success wakes the
-    /// shipper for what the work made shippable. Either way the spool view
-    /// is refreshed. Without a spool (still opening) there is nothing to do.
+    /// problem, "cannot {doing}: {error}" (the error names the path), which
+    /// the same kind of work succeeding later clears; when `ships`, success wakes the shipper for what the
+    /// work made shippable. Either way the spool view is refreshed. Without
+    /// a spool (still opening) there is nothing to do. The handle is for
+    /// tests; callers go on without waiting.
     pub fn spool_work(
         self: &Arc<Self>,
-        doing: String,
+        doing: &'static str,
         ships: bool,
         work: impl FnOnce(&Spool) -> Result<(), SpoolError> + Send + 'static,
-    ) {
-        let Some(spool) = self.storage.spool.get().cloned() else {
-            return;
-        };
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let spool = self.storage.spool.get().cloned()?;
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || {
+        Some(tokio::task::spawn_blocking(move || {
+            let fault = format!("cannot {doing}:");
             match work(&spool) {
-                Ok(()) if ships => {
-                    if let Some(s) = shared.storage.shipper.get() {
+                Ok(()) => {
+                    shared
+                        .problems
+                        .clear_if(ProblemKind::Spool, |m| m.starts_with(&fault));
+                    if let Some(s) = shared.storage.shipper.get().filter(|_| ships) {
                         s.wake.notify_one();
                     }
                 }
-                Ok(()) => {}
                 Err(e) => shared
                     .problems
-                    .set(ProblemKind::Spool, format!("cannot {doing}: {e}")),
+                    .set(ProblemKind::Spool, format!("{fault} {e}")),
             }
             shared.refresh_spool_view();
-        });
+        }))
     }
 
     /// Re-reads the spool's size and bundles. Blocking: call it from a
@@ -267,4 +270,65 @@ pub fn manual_wait(c: &Config) -> Duration {
         .saturating_mul(2)
         .saturating_add(c.cpu_profile_duration)
         .saturating_add(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(dir: &std::path::Path) -> Arc<Shared> {
+        let vars: std::collections::BTreeMap<String, String> = [
+            ("OOMSNAP_SPOOL_DIR", dir.display().to_string()),
+            ("OOMSNAP_STORE", "memory://".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let (config, _) = Config::from_vars(&vars).unwrap();
+        let (spool, _) = Spool::open(dir, config.spool_max_bytes).unwrap();
+        let shared = Shared::new(config, mpsc::channel(1).0);
+        shared.storage.spool.set(spool).unwrap();
+        shared
+    }
+
+    fn refused(spool: &Spool) -> Result<(), SpoolError> {
+        Err(SpoolError::Io {
+            op: "remove",
+            path: spool.dir().join("x"),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_spool_fault_is_reported_and_cleared_only_by_the_same_work_succeeding() {
+        let d = tempfile::tempdir().unwrap();
+        let s = shared(d.path());
+        let run = |doing, ok: bool| {
+            s.spool_work(
+                doing,
+                false,
+                move |spool| {
+                    if ok {
+                        Ok(())
+                    } else {
+                        refused(spool)
+                    }
+                },
+            )
+            .unwrap()
+        };
+        run("keep the spool bounded", false).await.unwrap();
+        let problems = s.problems.snapshot();
+        assert_eq!(problems.len(), 1);
+        let message = &problems[0].message;
+        assert!(
+            message.starts_with("cannot keep the spool bounded: ") && message.contains("/x"),
+            "{message}"
+        );
+        // Other spool work succeeding says nothing about the bound.
+        run("spool oom.json", true).await.unwrap();
+        assert!(s.problems.is_active(ProblemKind::Spool));
+        run("keep the spool bounded", true).await.unwrap();
+        assert!(!s.problems.is_active(ProblemKind::Spool));
+    }
 }

@@ -471,7 +471,7 @@ impl Pipeline {
         );
         let keep = run.id.clone();
         self.shared
-            .spool_work("keep the spool bounded".into(), false, move |spool| {
+            .spool_work("keep the spool bounded", false, move |spool| {
                 spool.enforce_bound(&keep).map(drop)
             });
         if let Some(s) = self.shared.storage.shipper.get() {

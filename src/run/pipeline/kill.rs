@@ -81,7 +81,7 @@ impl Pipeline {
         self.oom_seq += 1;
         let seq = self.oom_seq;
         self.shared
-            .spool_work("spool oom.json".into(), true, move |spool| {
+            .spool_work("spool oom.json", true, move |spool| {
                 let id = spool.unique_id(&format!(
                     "{}_oom{seq}",
                     keys::compact_time(SystemTime::now())

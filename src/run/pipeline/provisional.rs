@@ -98,11 +98,10 @@ impl Pipeline {
                     "a provisional capture is confirmed and ships"
                 );
                 self.mark(&id, format!("confirmed by {by}"));
-                self.shared.spool_work(
-                    format!("confirm the provisional capture {id}"),
-                    true,
-                    move |spool| spool.confirm(&id, &by),
-                );
+                self.shared
+                    .spool_work("confirm a provisional capture", true, move |spool| {
+                        spool.confirm(&id, &by)
+                    });
             }
             Action::Discard { id } => {
                 tracing::info!(
@@ -125,10 +124,9 @@ impl Pipeline {
 
     /// Deletes a provisional bundle, off the runtime thread.
     fn remove(&self, id: String) {
-        self.shared.spool_work(
-            format!("discard the provisional capture {id}"),
-            false,
-            move |spool| spool.discard(&id),
-        );
+        self.shared
+            .spool_work("discard a provisional capture", false, move |spool| {
+                spool.discard(&id)
+            });
     }
 }
