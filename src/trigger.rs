@@ -452,6 +452,18 @@ mod tests {
         let mut t = Trigger::new(policy());
         let pts: Vec<(u64, f64)> = (0..30).map(|i| (i * 100, 50.0 + 0.5 * i as f64)).collect();
         assert!(run(&mut t, &pts).is_empty());
+
+        // Evenly spaced samples, flat and then rising by 1 % per sample over
+        // the last three: even gaps are no change of regime, so the slope
+        // is fitted over the whole second (~2.4 %/s), not over the rise
+        // alone (10 %/s), which is what a window cut short would read.
+        let mut t = Trigger::new(policy());
+        let pts: Vec<(u64, f64)> = (0..=10u64)
+            .map(|i| (i * 100, 50.0 + i.saturating_sub(7) as f64))
+            .collect();
+        run(&mut t, &pts);
+        let per_s = t.slope().unwrap() * 100.0 / LIMIT as f64;
+        assert!((2.0..3.0).contains(&per_s), "slope {per_s:.2} %/s");
     }
 
     #[test]
