@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
@@ -117,6 +117,23 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// A capture quota, shared by the pipeline, the admin server and the
+/// annotation follower.
+pub struct Quota(Mutex<Admission>);
+
+impl Quota {
+    pub fn new(a: Admission) -> Quota {
+        Quota(Mutex::new(a))
+    }
+
+    /// Never fails: a panic contained while the lock was held leaves counts
+    /// that are still valid, and a quota that could no longer be read would
+    /// either stop every capture or let every one through.
+    pub fn lock(&self) -> MutexGuard<'_, Admission> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// State shared by the pipeline, the admin server and the annotations.
 pub struct Shared {
     pub config: Config,
@@ -124,14 +141,14 @@ pub struct Shared {
     pub watch: Arc<WatchState>,
     pub storage: Storage,
     /// The quota of automatic (near-OOM) captures.
-    pub admission: Mutex<Admission>,
+    pub admission: Quota,
     /// The quota of manual captures: separate, so requests from the
     /// network can never spend the near-OOM budget.
-    pub manual_admission: Mutex<Admission>,
+    pub manual_admission: Quota,
     /// The quota of provisional captures, so a cache that fills and levels
     /// off again and again cannot capture without bound; a confirmed one
     /// then spends the near-OOM quota too.
-    pub speculative_admission: Mutex<Admission>,
+    pub speculative_admission: Quota,
     /// Provisional captures waiting for confirmation, for `/status`.
     pub provisional: Mutex<Vec<String>>,
     pub enabled: AtomicBool,
@@ -162,12 +179,12 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     pub fn new(config: Config, manual: mpsc::Sender<ManualRequest>) -> Arc<Shared> {
         Arc::new(Shared {
-            admission: Mutex::new(Admission::new(config.rate_burst, config.rate_period)),
-            manual_admission: Mutex::new(Admission::new(
+            admission: Quota::new(Admission::new(config.rate_burst, config.rate_period)),
+            manual_admission: Quota::new(Admission::new(
                 config.manual_rate_burst,
                 config.rate_period,
             )),
-            speculative_admission: Mutex::new(
+            speculative_admission: Quota::new(
                 Admission::new(config.rate_burst, config.rate_period)
                     .counted_as("speculative_quota"),
             ),
@@ -297,6 +314,23 @@ mod tests {
             path: spool.dir().join("x"),
             source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         })
+    }
+
+    #[test]
+    fn a_quota_a_panic_poisoned_still_counts() {
+        let q = Arc::new(Quota::new(Admission::new(2, Duration::from_secs(600))));
+        assert!(q.lock().charge());
+        let held = q.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = held.lock();
+            panic!("a contained panic while the quota is held");
+        })
+        .join();
+        assert!(q.0.is_poisoned());
+        // One unit left, then none: not "every capture through".
+        assert!(q.lock().charge());
+        assert!(!q.lock().charge());
+        assert_eq!(q.lock().remaining(), 0);
     }
 
     #[tokio::test]

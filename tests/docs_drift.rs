@@ -345,11 +345,7 @@ async fn documented_metrics_are_exactly_the_exposed_series() {
         100 << 20,
         256 << 20,
     ));
-    shared
-        .admission
-        .lock()
-        .unwrap()
-        .count_drop("threshold-80", "paused");
+    shared.admission.lock().count_drop("threshold-80", "paused");
     shared
         .metrics
         .captures

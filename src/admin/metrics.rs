@@ -182,19 +182,15 @@ impl Collector for StateCollector {
             // Summed over the three quotas: one label set appears once.
             let mut dropped = std::collections::BTreeMap::<_, u64>::new();
             for a in [&s.admission, &s.manual_admission, &s.speculative_admission] {
-                if let Ok(a) = a.lock() {
-                    for (labels, n) in a.dropped() {
-                        *dropped.entry(labels.clone()).or_default() += n;
-                    }
+                for (labels, n) in a.lock().dropped() {
+                    *dropped.entry(labels.clone()).or_default() += n;
                 }
             }
             for ((reason, cause), n) in dropped {
                 ConstCounter::new(n).encode(fam.encode_family(&DropLabels { reason, cause })?)?;
             }
         }
-        let remaining = |a: &std::sync::Mutex<crate::limit::Admission>| {
-            a.lock().map(|a| a.remaining() as f64).unwrap_or(f64::NAN)
-        };
+        let remaining = |q: &crate::state::Quota| q.lock().remaining() as f64;
         gauge(
             &mut enc,
             "oomsnap_quota_remaining_captures",

@@ -12,17 +12,14 @@ use serde_json::{json, Value};
 
 use crate::state::Shared;
 
-fn quota(a: &std::sync::Mutex<crate::limit::Admission>) -> Value {
-    a.lock()
-        .map(|a| {
-            json!({
-                "burst": a.burst(),
-                "period": humantime::format_duration(a.period()).to_string(),
-                "remaining": a.remaining(),
-                "dropped": a.dropped_by_cause(),
-            })
-        })
-        .unwrap_or(Value::Null)
+fn quota(q: &crate::state::Quota) -> Value {
+    let a = q.lock();
+    json!({
+        "burst": a.burst(),
+        "period": humantime::format_duration(a.period()).to_string(),
+        "remaining": a.remaining(),
+        "dropped": a.dropped_by_cause(),
+    })
 }
 
 /// The `/status` document.

@@ -85,13 +85,12 @@ impl Follower {
         // The speculative quota mirrors the near-OOM one; the manual quota
         // keeps its own burst but shares the period.
         for a in [&self.shared.admission, &self.shared.speculative_admission] {
-            if let Ok(mut a) = a.lock() {
-                a.reconfigure(next.rate_burst, next.rate_period);
-            }
+            a.lock().reconfigure(next.rate_burst, next.rate_period);
         }
-        if let Ok(mut a) = self.shared.manual_admission.lock() {
-            a.reconfigure(self.shared.config.manual_rate_burst, next.rate_period);
-        }
+        self.shared
+            .manual_admission
+            .lock()
+            .reconfigure(self.shared.config.manual_rate_burst, next.rate_period);
         if prev.thresholds != next.thresholds {
             if let Some(c) = control {
                 c.set_policy(next.policy(&self.shared.config));

@@ -16,7 +16,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -124,9 +124,7 @@ impl Pipeline {
             Reason::Manual => &self.shared.manual_admission,
             _ => &self.shared.admission,
         };
-        if let Ok(mut a) = admission.lock() {
-            a.count_drop(&reason.label(), cause);
-        }
+        admission.lock().count_drop(&reason.label(), cause);
     }
 
     /// A decision (from the watcher or a person) wants a capture.
@@ -201,16 +199,15 @@ impl Pipeline {
         // A provisional capture ships only by taking a unit of the near-OOM
         // quota when confirmed: with that spent, it would cost the app a
         // capture for nothing.
-        if provisional && self.shared.admission.lock().is_ok_and(|a| a.likely_spent()) {
-            if let Ok(mut a) = self.shared.speculative_admission.lock() {
-                a.count_drop(&label, "speculative_quota");
-            }
-            tracing::debug!("provisional capture not started: the near-OOM quota is spent, so it could not ship");
-            reply(
-                r,
-                ManualOutcome::QuotaSpent {
-                    retry_in: Duration::ZERO,
-                },
+        if provisional && self.shared.admission.lock().likely_spent() {
+            self.shared
+                .speculative_admission
+                .lock()
+                .count_drop(&label, "speculative_quota");
+            tracing::debug!(
+                reason = %label,
+                percent = d.sample.percent(),
+                "provisional capture not started: the near-OOM quota (OOMSNAP_RATE_BURST per OOMSNAP_RATE_PERIOD) is spent, so it could not ship"
             );
             return Err(());
         }
@@ -219,13 +216,11 @@ impl Pipeline {
             _ if provisional => &self.shared.speculative_admission,
             _ => &self.shared.admission,
         };
-        let (verdict, log, left) = match admission.lock() {
-            Ok(mut a) => {
-                let v = a.admit(&d);
-                let log = matches!(v, Verdict::Dropped { .. }) && a.should_log_drop();
-                (v, log, a.remaining())
-            }
-            Err(_) => (Verdict::Permitted, false, 0),
+        let (verdict, log, left) = {
+            let mut a = admission.lock();
+            let v = a.admit(&d);
+            let log = matches!(v, Verdict::Dropped { .. }) && a.should_log_drop();
+            (v, log, a.remaining())
         };
         if let Verdict::Dropped { retry_in } = verdict {
             if log {

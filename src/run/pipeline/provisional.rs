@@ -72,12 +72,7 @@ impl Pipeline {
                 // takes its unit of the near-OOM quota; with none left it is
                 // dropped like any decision over the quota, so the quota
                 // bounds what ships whatever the mix of captures.
-                let charged = self
-                    .shared
-                    .admission
-                    .lock()
-                    .map(|mut q| q.charge())
-                    .unwrap_or(true);
+                let charged = self.shared.admission.lock().charge();
                 if !charged {
                     self.count_drop(&Reason::Imminent, "quota");
                     tracing::info!(
