@@ -174,10 +174,7 @@ impl Problems {
 
     /// Clears a problem of `kind`, saying so once.
     pub fn clear(&self, kind: ProblemKind) {
-        let gone = self.active.lock().ok().and_then(|mut a| a.remove(&kind));
-        if let Some(e) = gone {
-            tracing::info!(problem = kind.name(), was = %e.message, "resolved");
-        }
+        self.clear_if(kind, |_| true);
     }
 
     /// Clears a problem of `kind` only when its message passes `which`: a

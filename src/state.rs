@@ -167,7 +167,7 @@ pub struct Shared {
     pub store_prefix: object_store::path::Path,
     /// `oomsnap watch`: nothing is captured or shipped, so readiness does
     /// not wait for a store.
-    pub watch_only: AtomicBool,
+    pub watch_only: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -177,7 +177,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, manual: mpsc::Sender<ManualRequest>) -> Arc<Shared> {
+    pub fn new(
+        config: Config,
+        manual: mpsc::Sender<ManualRequest>,
+        watch_only: bool,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             admission: Quota::new(Admission::new(config.rate_burst, config.rate_period)),
             manual_admission: Quota::new(Admission::new(
@@ -204,7 +208,7 @@ impl Shared {
             oom_kills: AtomicU64::new(0),
             metrics: Metrics::default(),
             tunables: Mutex::new(None),
-            watch_only: AtomicBool::new(false),
+            watch_only,
             spool_view: Mutex::new(SpoolView::default()),
         })
     }
@@ -303,7 +307,7 @@ mod tests {
         .collect();
         let (config, _) = Config::from_vars(&vars).unwrap();
         let (spool, _) = Spool::open(dir, config.spool_max_bytes).unwrap();
-        let shared = Shared::new(config, mpsc::channel(1).0);
+        let shared = Shared::new(config, mpsc::channel(1).0, false);
         shared.storage.spool.set(spool).unwrap();
         shared
     }

@@ -337,7 +337,7 @@ async fn documented_metrics_are_exactly_the_exposed_series() {
     let store = oomsnap::store::Store::open(&config.store).unwrap();
     let shipper = oomsnap::ship::Shipper::new(store, spool.clone());
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let shared = oomsnap::state::Shared::new(config, tx);
+    let shared = oomsnap::state::Shared::new(config, tx, false);
     shared.storage.spool.set(spool).unwrap();
     assert!(shared.storage.shipper.set(shipper).is_ok());
     *shared.watch.last.lock().unwrap() = Some(oomsnap::memory::Sample::synthetic(

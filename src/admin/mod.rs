@@ -215,9 +215,8 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             .unwrap_or_default();
         missing.push(format!("no memory source is located yet {why}"));
     }
-    let watch_only = s.watch_only.load(std::sync::atomic::Ordering::Relaxed);
     match s.storage.shipper.get() {
-        _ if watch_only => {}
+        _ if s.watch_only => {}
         Some(ship)
             if ship
                 .stats

@@ -238,10 +238,10 @@ impl Capturer {
             .reduce(f64::min);
         // The runtime's numbers last: the profiles' race is not slowed, and
         // they are then as close as they can be to the cgroup reading that
-        // follows. They cost the app a few tens of KiB (a heap profile in
-        // text whose trailer is read as it streams past).
-        // The text heap profile costs the app what a heap profile does, so
-        // the same headroom gate applies: never the profile that kills it.
+        // follows. They are the trailer of `heap?debug=1`, read as it
+        // streams past; serving that text heap profile costs the app what a
+        // heap profile does, so the same headroom gate applies: never the
+        // profile that kills it.
         let (working_set, limit) = latest()
             .map(|s| (s.working_set, s.limit))
             .unwrap_or((0, None));

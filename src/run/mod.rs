@@ -76,10 +76,7 @@ pub async fn run(loaded: Loaded, mode: Mode) {
         errors,
     } = loaded;
     let (manual_tx, mut manual_rx) = mpsc::channel(4);
-    let shared = Shared::new(config.clone(), manual_tx);
-    shared
-        .watch_only
-        .store(mode == Mode::Watch, std::sync::atomic::Ordering::Relaxed);
+    let shared = Shared::new(config.clone(), manual_tx, mode == Mode::Watch);
     let mut said: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
     if !said.is_empty() {
         said.push("each bad variable uses its default (see `oomsnap help config`)".into());

@@ -487,10 +487,12 @@ impl Pipeline {
     /// hold the queue for good, so it is let go and the queued one starts.
     pub fn recover(&mut self) {
         if self.running.is_none() && self.sched.is_running() {
+            let next = self.sched.done();
             tracing::warn!(
-                "the scheduler was left waiting for a capture no task runs; the queue moves on"
+                queued = next.as_ref().map(|j| j.decision.reason.label()),
+                "a panic left the scheduler waiting for a capture no task runs; the queued capture, if any, starts now"
             );
-            if let Some(job) = self.sched.done() {
+            if let Some(job) = next {
                 self.launch(job);
             }
         }

@@ -465,12 +465,12 @@ impl Spool {
         // A provisional bundle is not the bound's to delete (its fate is
         // the confirmation window's), so its bytes do not push shippable
         // captures out either.
-        let waiting: u64 = self
-            .provisional()
-            .iter()
-            .map(|id| dir_bytes(&self.dir.join(id)))
+        let mut total: u64 = fs::read_dir(&self.dir)
+            .map_err(io("list", &self.dir))?
+            .flatten()
+            .filter(|e| !e.path().join(PROVISIONAL_FILE).exists())
+            .map(|e| entry_bytes(&e))
             .sum();
-        let mut total = self.usage_bytes().saturating_sub(waiting);
         while total > self.max_bytes {
             let Some(pos) = bundles.iter().position(|b| b.id != keep) else {
                 break;
@@ -494,13 +494,16 @@ impl Spool {
 /// Bytes of the files under `p`, recursively; unreadable entries count 0.
 fn dir_bytes(p: &Path) -> u64 {
     let Ok(rd) = fs::read_dir(p) else { return 0 };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+    rd.flatten().map(|e| entry_bytes(&e)).sum()
+}
+
+/// Bytes of one directory entry: a file's length, a folder's contents.
+fn entry_bytes(e: &fs::DirEntry) -> u64 {
+    match e.metadata() {
+        Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }
 
 /// sha256 and size of a file, streamed.

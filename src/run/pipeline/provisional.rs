@@ -63,9 +63,6 @@ impl Pipeline {
     /// Carries out a settled provisional capture's fate on the spool.
     pub(super) fn apply(&mut self, a: Action) {
         self.publish_provisional();
-        if self.shared.storage.spool.get().is_none() {
-            return;
-        }
         match a {
             Action::Confirm { id, by } => {
                 // Confirmed, it is a near-OOM capture like any other and
