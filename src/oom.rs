@@ -46,11 +46,50 @@ pub struct CaptureEntry {
     pub profiles_failed: usize,
     pub profiles_skipped: usize,
     pub verdict: Option<String>,
-    /// For a provisional capture: `waiting`, `confirmed by <what>`,
-    /// `discarded` or `dropped: …` (both deleted unshipped, so never a
-    /// kill's evidence).
+    /// For a provisional capture, what became of it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provisional: Option<String>,
+    pub provisional: Option<Fate>,
+}
+
+/// What became of a provisional capture; `/status` shows it as a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Waiting,
+    Confirmed {
+        by: String,
+    },
+    /// Nothing confirmed it within the window.
+    Discarded,
+    /// Confirmed by `by` when the near-OOM quota was spent.
+    Dropped {
+        by: String,
+    },
+}
+
+impl Fate {
+    /// Deleted unshipped, so never a kill's evidence.
+    pub fn deleted(&self) -> bool {
+        matches!(self, Fate::Discarded | Fate::Dropped { .. })
+    }
+}
+
+impl std::fmt::Display for Fate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fate::Waiting => f.write_str("waiting"),
+            Fate::Confirmed { by } => write!(f, "confirmed by {by}"),
+            Fate::Discarded => f.write_str("discarded"),
+            Fate::Dropped { by } => {
+                write!(f, "dropped: the quota was spent when {by} confirmed it")
+            }
+        }
+    }
+}
+
+impl serde::Serialize for Fate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 fn reason_label<S: serde::Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
@@ -120,11 +159,7 @@ pub fn attribute(
         .iter()
         .filter(|c| c.reason != Reason::Baseline && c.profiles_ok > 0)
         // Deleted unshipped: never a kill's evidence.
-        .filter(|c| {
-            !c.provisional
-                .as_deref()
-                .is_some_and(|p| p == "discarded" || p.starts_with("dropped"))
-        })
+        .filter(|c| !c.provisional.as_ref().is_some_and(Fate::deleted))
         .filter(|c| since.is_none_or(|s| c.decided_at > s) && c.decided_at <= at)
         .collect();
     let before = |c: &&&CaptureEntry| c.durable_at.is_some_and(|d| d <= at);
@@ -190,6 +225,26 @@ mod tests {
 
     fn list(v: Vec<CaptureEntry>) -> VecDeque<CaptureEntry> {
         v.into()
+    }
+
+    #[test]
+    fn a_provisional_capture_deleted_unshipped_is_never_the_evidence() {
+        let fated = |id, fate| CaptureEntry {
+            provisional: Some(fate),
+            ..cap(id, Reason::Imminent, 12, Some(13))
+        };
+        let by = || "threshold-80".to_string();
+        let r = list(vec![
+            fated("a", Fate::Confirmed { by: by() }),
+            fated("b", Fate::Discarded),
+            fated("c", Fate::Dropped { by: by() }),
+        ]);
+        let a = attribute(&r, t(20), Evidence::Restart, None).unwrap();
+        assert_eq!(a.capture_id, "a");
+        assert_eq!(
+            serde_json::to_value(&r[2]).unwrap()["provisional"],
+            "dropped: the quota was spent when threshold-80 confirmed it"
+        );
     }
 
     #[test]

@@ -443,7 +443,7 @@ impl Pipeline {
             profiles_failed: failed,
             profiles_skipped: skipped,
             verdict,
-            provisional: run.provisional.then(|| "waiting".to_string()),
+            provisional: run.provisional.then_some(crate::oom::Fate::Waiting),
         });
         if run.provisional {
             if let Some(a) = self.provisional.finished(&run.id) {

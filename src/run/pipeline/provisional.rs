@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::oom::Fate;
 use crate::speculative::Action;
 use crate::trigger::{Decision, Reason};
 
@@ -52,7 +53,7 @@ impl Pipeline {
         }
     }
 
-    pub(super) fn mark(&self, id: &str, state: String) {
+    pub(super) fn mark(&self, id: &str, state: Fate) {
         if let Ok(mut c) = self.shared.captures.lock() {
             if let Some(e) = c.iter_mut().find(|e| e.id == id) {
                 e.provisional = Some(state);
@@ -77,10 +78,7 @@ impl Pipeline {
                         confirmed_by = %by,
                         "a provisional capture is confirmed, but the quota (OOMSNAP_RATE_BURST per OOMSNAP_RATE_PERIOD) is spent: it is dropped"
                     );
-                    self.mark(
-                        &id,
-                        format!("dropped: the quota was spent when {by} confirmed it"),
-                    );
+                    self.mark(&id, Fate::Dropped { by });
                     self.remove(id);
                     return;
                 }
@@ -89,7 +87,7 @@ impl Pipeline {
                     confirmed_by = %by,
                     "a provisional capture is confirmed and ships"
                 );
-                self.mark(&id, format!("confirmed by {by}"));
+                self.mark(&id, Fate::Confirmed { by: by.clone() });
                 self.shared
                     .spool_work("confirm a provisional capture", true, move |spool| {
                         spool.confirm(&id, &by)
@@ -108,7 +106,7 @@ impl Pipeline {
                         reason: Reason::Imminent.label(),
                     })
                     .inc();
-                self.mark(&id, "discarded".into());
+                self.mark(&id, Fate::Discarded);
                 self.remove(id);
             }
         }
